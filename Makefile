@@ -1,0 +1,41 @@
+# The two set-up commands of the README: `make demo` (the main job) and `make test`.
+# Both create .venv, install the CPU build of torch (never the multi-GB CUDA one) and the
+# project, and run. Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: demo test venv data models readme-table clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[test,keras,onnx]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST's IDX files; installed with apt-get when missing and apt is available.
+data:
+	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "Fashion-MNIST not found in $(FMNIST); pass --data DIR with its IDX files"; fi; \
+	fi
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/mobilenets models
+
+models: $(STAMP)
+	$(BIN)/mobilenets models
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,154 @@
+"""The model contract, checked for every registered model (STYLE §4 checklist)."""
+
+import math
+
+import pytest
+import torch
+
+import mobilenets
+from conftest import ALL_MODELS
+
+# Small widths keep CPU time low; the contract does not depend on width.
+SMALL = dict(width_mult=0.5)
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_backward_every_parameter_gets_gradient(name):
+    model = mobilenets.create_model(name, num_classes=7, **SMALL).train()
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    out = model(x)
+    assert out.shape == (2, 7)
+    assert torch.isfinite(out).all()
+    out.mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+    assert x.grad is not None
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_eval_is_deterministic(name):
+    model = mobilenets.create_model(name, **SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_num_classes_zero_returns_pooled_features(name):
+    model = mobilenets.create_model(name, num_classes=0, **SMALL).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+        feats = model.forward_features(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, model.head_hidden_size)
+    assert feats.shape[:2] == (2, model.num_features)
+    assert model.num_classes == 0
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_head_and_reset_classifier(name):
+    model = mobilenets.create_model(name, num_classes=10, **SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        pre = model.forward_head(feats, pre_logits=True)
+        assert pre.shape == (2, model.head_hidden_size)
+        assert torch.allclose(model.forward_head(feats), model(x))
+        before = _n_params(model)
+        model.reset_classifier(3)
+        assert model(x).shape == (2, 3) and model.num_classes == 3
+        assert _n_params(model) == before - 7 * (model.head_hidden_size + 1)
+        model.reset_classifier(0)
+        assert torch.allclose(model(x), pre)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_grayscale_and_any_channel_count(name):
+    for c in (1, 4):
+        model = mobilenets.create_model(name, in_chans=c, num_classes=5, **SMALL).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, c, 64, 64)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_feature_maps_shapes_and_channels(name):
+    model = mobilenets.create_model(name, **SMALL).eval()
+    fm = mobilenets.create_model(name, features_only=True, **SMALL).eval()
+    fm.load_state_dict(model.state_dict(), strict=False)
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        maps = fm(x)
+        same = model.forward_feature_maps(x)
+    assert [f.reduction for f in fm.feature_info] == [2, 4, 8, 16, 32]
+    assert len(maps) == 5
+    for m, f in zip(maps, fm.feature_info):
+        assert m.shape == (1, f.num_chs, math.ceil(96 / f.reduction), math.ceil(96 / f.reduction))
+    assert maps[-1].shape[1] == model.num_features
+    for a, b in zip(maps, same):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_channels_last_equals_nchw(name):
+    model = mobilenets.create_model(name, **SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        model = model.to(memory_format=torch.channels_last)
+        out = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_torchscript_equals_eager(name):
+    model = mobilenets.create_model(name, **SMALL).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_odd_resolutions(name, padding):
+    model = mobilenets.create_model(name, padding=padding, **SMALL).eval()
+    with torch.no_grad():
+        for size in (97, 193):
+            feats = model.forward_features(torch.randn(1, 3, size, size))
+            expected = size
+            for _ in range(5):
+                expected = math.ceil(expected / 2)
+            assert feats.shape[-2:] == (expected, expected)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_small_input_stem_downsamples_8x(name):
+    model = mobilenets.create_model(name, small_input=True, in_chans=1, num_classes=10, **SMALL).eval()
+    assert model.feature_info[-1].reduction == 8
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 1, 28, 28)).shape[-2:] == (4, 4)
+        assert model(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+
+
+def test_torch_export_equals_eager():
+    model = mobilenets.create_model("mobilenet_v3_small", **SMALL).eval()
+    x = torch.randn(2, 3, 64, 64)
+    exported = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
+
+
+def test_unknown_model_and_option_name_the_closest():
+    with pytest.raises(mobilenets.MobilenetsError, match="did you mean 'mobilenet_v3_small'"):
+        mobilenets.create_model("mobilenet_v3_smal")
+    with pytest.raises(mobilenets.MobilenetsError, match="did you mean 'width_mult'"):
+        mobilenets.create_model("mobilenet_v2", width_mul=0.5)
+    with pytest.raises(mobilenets.MobilenetsError, match="depth_multiplier"):
+        mobilenets.create_model("mobilenet_v2", depth_multiplier=2)
+    with pytest.raises(mobilenets.MobilenetsError, match="padding"):
+        mobilenets.create_model("mobilenet_v1", padding="valid")
+    with pytest.raises(mobilenets.MobilenetsError, match="width_mult"):
+        mobilenets.create_model("mobilenet_v1", width_mult=0)

@@ -1,0 +1,138 @@
+"""Same network as torchvision, timm and Keras: converted weights reproduce their logits."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mobilenets
+from mobilenets import convert
+from mobilenets.checkpoint import load_model
+from mobilenets.cli import main
+from reference import all_fixtures, fixture_input, fixture_tensors, load_fixture
+
+FIXTURES = all_fixtures()
+_DROP = ("weights", "classifier_activation", "input_shape", "include_preprocessing")
+
+
+def _source_kwargs(fx: dict) -> dict:
+    """The reference builder's kwargs, minus those that do not describe the network. The
+    class count is left out on purpose: the converters read it from the weights."""
+    return {k: v for k, v in fx["kwargs"].items() if k not in _DROP + ("num_classes", "classes")}
+
+
+def _assert_logits(model, fx):
+    x = torch.from_numpy(fixture_input(fx))
+    with torch.no_grad():
+        out = model(x).numpy()
+    ref = np.asarray(fx["logits"], dtype=np.float32)
+    assert out.shape == ref.shape
+    err = np.abs(out - ref).max() / np.abs(ref).max()
+    assert err < 1e-5, f"relative error {err:.2e}"
+
+
+def test_all_fixtures_present():
+    assert len(FIXTURES) == 17
+
+
+def test_fixture_value_recipe_check_values():
+    fx = load_fixture(FIXTURES[0])
+    np.testing.assert_allclose(fixture_input(fx).reshape(-1)[:5],
+                               [-0.6774118, 0.354584, -0.21640511, -0.00418744, 0.32210737], rtol=0, atol=5e-8)
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=[p.stem for p in FIXTURES])
+def test_converted_weights_reproduce_reference_logits(path):
+    fx = load_fixture(path)
+    model = convert.convert(fx["source"], fixture_tensors(fx), fx["builder"], **_source_kwargs(fx))
+    assert sum(p.numel() for p in model.parameters()) == fx["params"]
+    _assert_logits(model, fx)
+
+
+def _write_legacy_h5(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """A Keras 2 ``save_weights('x.h5')`` layout: layer/layer/weight:0 with order attributes."""
+    h5py = pytest.importorskip("h5py")
+    layers: dict[str, list[str]] = {}
+    for name in tensors:
+        layer, weight = name.rsplit("/", 1)
+        layers.setdefault(layer, []).append(weight)
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names"] = np.array([n.encode() for n in layers])
+        for layer, weights in layers.items():
+            g = f.create_group(layer)
+            names = [f"{layer}/{w}:0" for w in weights]
+            g.attrs["weight_names"] = np.array([n.encode() for n in names])
+            for w, full in zip(weights, names):
+                g.create_dataset(full, data=tensors[f"{layer}/{w}"])
+
+
+def test_keras_legacy_h5_file(tmp_path):
+    fx = load_fixture(next(p for p in FIXTURES if p.name.startswith("keras__MobileNetV3Small__minimal")))
+    h5 = tmp_path / "weights.h5"
+    _write_legacy_h5(h5, fixture_tensors(fx))
+    model = convert.from_keras(h5, "MobileNetV3Small", alpha=0.75, minimalistic=True)
+    assert model.model_name == "mobilenet_v3_small_minimal"
+    _assert_logits(model, fx)
+
+
+def test_torch_file_and_cli_convert_round_trip(tmp_path):
+    fx = load_fixture(next(p for p in FIXTURES if p.name.startswith("timm__mobilenetv3_small_075")))
+    pth = tmp_path / "timm.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in fixture_tensors(fx).items()}, pth)
+    out = tmp_path / "ours.safetensors"
+    assert main(["convert", "--from", "timm", str(pth), "--model", "mobilenetv3_small_075",
+                 "-o", str(out)]) == 0
+    model, meta = load_model(out)
+    assert meta["model"] == "mobilenet_v3_small"
+    assert meta["model_kwargs"]["width_mult"] == 0.75
+    assert meta["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    _assert_logits(model, fx)
+
+
+def test_mismatch_is_one_clear_error_naming_the_tensors():
+    fx = load_fixture(next(p for p in FIXTURES if p.name == "torchvision__mobilenet_v2__num_classes10.json"))
+    tensors = fixture_tensors(fx)
+    with pytest.raises(mobilenets.MobilenetsError, match=r"features\.0\.0\.weight.*width_mult"):
+        convert.from_torchvision(tensors, "mobilenet_v2", width_mult=0.5)
+    with pytest.raises(mobilenets.MobilenetsError, match="mobilenet_v3_small expects 'features.0.conv.weight'"):
+        convert.from_torchvision(tensors, "mobilenet_v3_small")
+    extra = dict(tensors, **{"aux.weight": np.zeros(3, np.float32)})
+    with pytest.raises(mobilenets.MobilenetsError, match="extra source tensors starting at 'aux.weight'"):
+        convert.from_torchvision(extra, "mobilenet_v2", num_classes=10)
+    truncated = dict(list(tensors.items())[:-2])
+    with pytest.raises(mobilenets.MobilenetsError, match="missing tensors"):
+        convert.from_torchvision(truncated, "mobilenet_v2", num_classes=10)
+    with pytest.raises(mobilenets.MobilenetsError, match="torchvision has no mobilenet_v1"):
+        convert.from_torchvision(tensors, "mobilenet_v1")
+    with pytest.raises(mobilenets.MobilenetsError, match="unknown model 'resnet50'"):
+        convert.from_timm(tensors, "resnet50")
+
+
+def test_timm_names_map_to_ours():
+    assert convert.resolve_name("timm", "mobilenetv3_small_075", {}) == \
+        ("mobilenet_v3_small", {"width_mult": 0.75})
+    name, kw = convert.resolve_name("timm", "tf_mobilenetv3_large_minimal_100", {})
+    assert name == "mobilenet_v3_large_minimal" and kw["padding"] == "same" and kw["bn_eps"] == 1e-3
+    assert convert.resolve_name("keras", "MobileNet", {"alpha": 0.25}) == \
+        ("mobilenet_v1", {"width_mult": 0.25})
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch pwned-by-pickle",))
+
+
+def test_malicious_pickle_is_refused_without_executing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.pth"
+    with open(bad, "wb") as f:
+        pickle.dump({"features.0.0.weight": _Evil()}, f)
+    with pytest.raises(mobilenets.MobilenetsError, match="refused to load"):
+        convert.from_torchvision(bad, "mobilenet_v2")
+    assert not (tmp_path / "pwned-by-pickle").exists()
+    assert main(["convert", "--from", "torchvision", str(bad), "--model", "mobilenet_v2",
+                 "-o", str(tmp_path / "x.safetensors")]) == 2
+    assert not (tmp_path / "pwned-by-pickle").exists()
