@@ -24,15 +24,16 @@ data:
 	@if [ ! -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; \
+	    ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) \
+	      || echo "warning: could not install dataset-fashion-mnist; pass --data DIR"; \
 	  else echo "Fashion-MNIST not found in $(FMNIST); pass --data DIR with its IDX files"; fi; \
 	fi
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-demo: $(STAMP)
-	$(BIN)/mobilenets models
+demo: $(STAMP) data
+	$(BIN)/mobilenets demo
 
 models: $(STAMP)
 	$(BIN)/mobilenets models

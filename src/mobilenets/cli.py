@@ -10,11 +10,17 @@ import argparse
 import json
 import sys
 import traceback
+import importlib
+import os
 from collections.abc import Callable, Sequence
 
 from .errors import MobilenetsError
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
+
+#: Modules that add their own sub-commands: each has ``add_commands(subparsers)``, which
+#: registers parsers whose ``set_defaults(func=handler)`` names the handler.
+COMMAND_MODULES: tuple[str, ...] = ("mobilenets.train_cli",)
 
 
 def _command(name: str):
@@ -24,7 +30,7 @@ def _command(name: str):
     return deco
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model options")
     g.add_argument("--width-mult", type=float, help="width multiplier (α)")
     g.add_argument("--num-classes", type=int, help="classifier outputs (0: none)")
@@ -38,7 +44,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, help="dropout before the classifier")
 
 
-def _model_kwargs(args: argparse.Namespace) -> dict:
+def model_kwargs_from_args(args: argparse.Namespace) -> dict:
     keys = ("width_mult", "num_classes", "in_chans", "depth_multiplier", "padding",
             "width_convention", "small_input", "dropout")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
@@ -60,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("summary", help="per-layer table of one model (shapes, params, MAdds)")
     p.add_argument("name")
     p.add_argument("--resolution", type=int, default=224)
-    _add_model_options(p)
+    add_model_options(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("convert", help="convert torchvision/timm/Keras weights to a mobilenets checkpoint")
@@ -70,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="our model name or the source's (mobilenetv3_small_075, MobileNetV3Small)")
     p.add_argument("--minimalistic", action="store_true", help="Keras minimalistic variant")
     p.add_argument("-o", "--output", required=True, help="output .safetensors file")
-    _add_model_options(p)
+    add_model_options(p)
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
@@ -101,7 +110,7 @@ def _models(args: argparse.Namespace) -> int:
 def _summary(args: argparse.Namespace) -> int:
     from . import create_model
     from .profile import profile
-    model = create_model(args.name, **_model_kwargs(args))
+    model = create_model(args.name, **model_kwargs_from_args(args))
     prof = profile(model, args.resolution)
     if args.json:
         print(json.dumps({"model": args.name, "params": prof.params, "madds": prof.madds,
@@ -109,7 +118,7 @@ def _summary(args: argparse.Namespace) -> int:
                           "largest_activation": list(prof.largest_activation),
                           "layers": [vars(layer) for layer in prof.layers]}, indent=2))
     else:
-        print(f"{args.name} {_model_kwargs(args) or ''}".rstrip())
+        print(f"{args.name} {model_kwargs_from_args(args) or ''}".rstrip())
         print(prof.table())
     return 0
 
@@ -118,7 +127,7 @@ def _summary(args: argparse.Namespace) -> int:
 def _convert(args: argparse.Namespace) -> int:
     from .checkpoint import save_model
     from .convert import convert
-    kwargs = _model_kwargs(args)
+    kwargs = model_kwargs_from_args(args)
     if args.minimalistic:
         kwargs["minimalistic"] = True
     model = convert(args.source, args.file, args.model, **kwargs)
@@ -137,7 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(_COMMANDS[args.command](args) or 0)
+        handler = getattr(args, "func", None) or _COMMANDS[args.command]
+        return int(handler(args) or 0)
     except MobilenetsError as e:
         if args.debug:
             traceback.print_exc()
@@ -146,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `mobilenets models | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
 
 
 if __name__ == "__main__":

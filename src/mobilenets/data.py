@@ -1,0 +1,458 @@
+"""Datasets: Fashion-MNIST/MNIST (IDX), CIFAR-10/100 (python pickles), image folders.
+
+Every dataset yields ``(image, label)`` with ``image`` a ``uint8`` tensor ``(C, H, W)`` of a
+fixed size, and has ``classes`` (names). Normalisation and batch augmentation happen on
+whole batches in the training engine (:mod:`mobilenets.augment`), which is much faster on
+CPU than per-image transforms. Small datasets (IDX, CIFAR) live in memory as one tensor.
+
+Image conversion (``load_image``), for folders and ``mobilenets predict``:
+
+* 16-bit grayscale (``I;16``, ``I``) is scaled to 8 bits by its full range (>> 8);
+* palette (``P``) and other modes are converted to RGB (or L for 1-channel models);
+* transparent images (``RGBA``, ``LA``, palette with transparency) are composited on white;
+* 1-channel models receive luminance (``L``), 3-channel models RGB (grayscale repeated).
+
+Nothing here downloads: a dataset name looks in the usual system locations, a path is
+read as given.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .errors import MobilenetsError
+
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                         "Shirt", "Sneaker", "Bag", "Ankle boot"]
+MNIST_CLASSES = [str(i) for i in range(10)]
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+#: Where dataset names are looked up (the Debian packages dataset-fashion-mnist, etc.).
+SEARCH_DIRS = {
+    "fashion-mnist": ["/usr/share/datasets/fashion-mnist", "~/.cache/mobilenets/fashion-mnist",
+                      "data/fashion-mnist"],
+    "mnist": ["/usr/share/datasets/mnist", "~/.cache/mobilenets/mnist", "data/mnist"],
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+@dataclass
+class TensorImages(Dataset):
+    """An in-memory dataset: ``images`` uint8 ``(N, C, H, W)``, ``labels`` int64 ``(N,)``."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    classes: list[str]
+    source: str = ""
+    kind: str = "small"  # "small" (pad-crop augmentation) or "photo" (random-resized-crop)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise MobilenetsError(f"{self.source}: images must be uint8 (N, C, H, W)")
+        if len(self.images) != len(self.labels):
+            raise MobilenetsError(f"{self.source}: {len(self.images)} images but "
+                                  f"{len(self.labels)} labels")
+        if len(self.labels) and (int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.classes)):
+            raise MobilenetsError(f"{self.source}: labels outside 0..{len(self.classes) - 1}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch by index, without per-item Python overhead."""
+        return self.images[idx], self.labels[idx]
+
+    @property
+    def channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, idx: torch.Tensor) -> "TensorImages":
+        return TensorImages(self.images[idx], self.labels[idx], self.classes, self.source, self.kind)
+
+
+# ----------------------------------------------------------------------------- IDX
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (``.gz`` or raw), validating its header against its size."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise MobilenetsError(f"cannot read IDX file {path}: {e}") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise MobilenetsError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    if ndim == 0 or len(raw) < 4 + 4 * ndim:
+        raise MobilenetsError(f"{path}: truncated IDX header")
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    body = raw[4 + 4 * ndim:]
+    if len(body) != expected:
+        raise MobilenetsError(f"{path}: IDX header promises {shape} ({expected} bytes) but the "
+                              f"file holds {len(body)} bytes (truncated or corrupt)")
+    return np.frombuffer(body, dtype=dtype).reshape(shape)
+
+
+def _find_idx(directory: Path, prefix: str) -> tuple[Path, Path] | None:
+    for images_name, labels_name in ((f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"),
+                                     (f"{prefix}-images.idx3-ubyte", f"{prefix}-labels.idx1-ubyte")):
+        for suffix in (".gz", ""):
+            images, labels = directory / (images_name + suffix), directory / (labels_name + suffix)
+            if images.is_file() and labels.is_file():
+                return images, labels
+    return None
+
+
+def load_idx_dir(directory: str | os.PathLike, split: str, classes: list[str] | None = None) -> TensorImages:
+    """Fashion-MNIST / MNIST layout: ``train-*`` and ``t10k-*`` image and label IDX files."""
+    directory = Path(directory)
+    prefix = "train" if split == "train" else "t10k"
+    found = _find_idx(directory, prefix)
+    if found is None:
+        raise MobilenetsError(f"no {prefix}-images-idx3-ubyte[.gz] / {prefix}-labels-idx1-ubyte[.gz] "
+                              f"in {directory}")
+    images, labels = read_idx(found[0]), read_idx(found[1])
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1:
+        raise MobilenetsError(f"{found[0]}: expected uint8 images (N, H, W) and labels (N,), got "
+                              f"{images.dtype} {images.shape} and {labels.shape}")
+    n_classes = int(labels.max()) + 1 if len(labels) else 0
+    if classes is None:
+        classes = FASHION_MNIST_CLASSES if "fashion" in str(directory).lower() else [str(i) for i in range(max(n_classes, 1))]
+    return TensorImages(torch.from_numpy(images.copy()).unsqueeze(1),
+                        torch.from_numpy(labels.astype(np.int64)), list(classes), str(directory))
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR's python pickles contain: builtins and numpy arrays."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: not plain data")
+
+
+def safe_unpickle(path: Path) -> Any:
+    try:
+        with open(path, "rb") as f:
+            return _SafeUnpickler(f, encoding="bytes").load()
+    except MobilenetsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt pickle raises many types
+        raise MobilenetsError(f"cannot read CIFAR pickle {path}: {e}") from e
+
+
+def _key(d: dict, name: str) -> Any:
+    for k in (name, name.encode()):
+        if k in d:
+            return d[k]
+    return None
+
+
+def load_cifar_dir(directory: str | os.PathLike, split: str) -> TensorImages:
+    """CIFAR-10 (``data_batch_1..5``, ``test_batch``, ``batches.meta``) or CIFAR-100
+    (``train``, ``test``, ``meta``) in their python pickle layout, read as data only."""
+    directory = Path(directory)
+    if (directory / "data_batch_1").is_file() or (directory / "test_batch").is_file():
+        files = sorted(directory.glob("data_batch_*")) if split == "train" else [directory / "test_batch"]
+        meta_file, label_key, names_key = directory / "batches.meta", "labels", "label_names"
+    else:
+        files = [directory / ("train" if split == "train" else "test")]
+        meta_file, label_key, names_key = directory / "meta", "fine_labels", "fine_label_names"
+    files = [f for f in files if f.is_file()]
+    if not files:
+        raise MobilenetsError(f"no CIFAR {split} batches in {directory}")
+    images, labels = [], []
+    for f in files:
+        d = safe_unpickle(f)
+        data, lab = (_key(d, "data"), _key(d, label_key)) if isinstance(d, dict) else (None, None)
+        if data is None or lab is None:
+            raise MobilenetsError(f"{f}: not a CIFAR batch (needs 'data' and '{label_key}')")
+        data = np.asarray(data)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
+            raise MobilenetsError(f"{f}: expected uint8 data (N, 3072) and N labels, got "
+                                  f"{data.dtype} {data.shape} and {len(lab)} labels")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(lab, dtype=np.int64))
+    labels_all = np.concatenate(labels)
+    classes = None
+    if meta_file.is_file():
+        meta = safe_unpickle(meta_file)
+        names = _key(meta, names_key) if isinstance(meta, dict) else None
+        if names is not None:
+            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    if classes is None:
+        classes = [str(i) for i in range(int(labels_all.max()) + 1)]
+    return TensorImages(torch.from_numpy(np.concatenate(images)), torch.from_numpy(labels_all),
+                        classes, str(directory))
+
+
+# ----------------------------------------------------------------------------- images
+
+def load_image(path: str | os.PathLike, channels: int) -> "PIL.Image.Image":  # noqa: F821
+    """Open any image and convert it to ``L`` (channels=1) or ``RGB`` as documented above."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise MobilenetsError(f"cannot read image {path}: {e}") from e
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.int64)
+        if img.mode == "I":
+            hi = max(int(arr.max()), 1)
+            arr = arr * 255 // hi if hi > 255 else arr
+        else:
+            arr = arr >> 8
+        img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    return img.convert("L" if channels == 1 else "RGB")
+
+
+def resize_center_crop(img, size: int):
+    """Shorter side to ``size`` (bilinear), then the central ``size``×``size`` square."""
+    from PIL import Image
+
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_uint8_tensor(img) -> torch.Tensor:
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+@dataclass
+class ImageFolder(Dataset):
+    """``root/<class>/<image>`` files, decoded lazily with Pillow (DataLoader workers).
+
+    Training samples of photographs get a random-resized crop (scale 0.25-1, aspect 3/4-4/3)
+    here, per image; evaluation samples are resized and centre-cropped to ``image_size``.
+    """
+
+    files: list[Path]
+    labels: list[int]
+    classes: list[str]
+    image_size: int
+    channels: int
+    train: bool = False
+    source: str = ""
+    kind: str = "photo"
+    seed: int = 0
+    _epoch: int = field(default=0, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = load_image(self.files[i], self.channels)
+        if self.train and self.kind == "photo":
+            img = self._random_resized_crop(img, i)
+        else:
+            img = resize_center_crop(img, self.image_size)
+        return to_uint8_tensor(img), self.labels[i]
+
+    def _random_resized_crop(self, img, i: int):
+        from PIL import Image
+
+        rng = np.random.default_rng([self.seed, self._epoch, i])
+        w, h = img.size
+        area = w * h
+        for _ in range(10):
+            target = area * rng.uniform(0.25, 1.0)
+            ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+            cw, ch = int(round(np.sqrt(target * ratio))), int(round(np.sqrt(target / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+                return img.resize((self.image_size, self.image_size), Image.BILINEAR,
+                                  box=(x, y, x + cw, y + ch))
+        return resize_center_crop(img, self.image_size)
+
+
+def scan_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """Files and labels of ``root/<class>/*``; every class folder must hold images."""
+    if not root.is_dir():
+        raise MobilenetsError(f"data directory not found: {root}")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise MobilenetsError(f"{root} has no class folders; expected {root}/<class>/<image files>")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).rglob("*")
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not found:
+            raise MobilenetsError(f"class folder {root / name} has no images "
+                                  f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        files += found
+        labels += [label] * len(found)
+    return files, labels, classes
+
+
+def _probe_images(files: list[Path], n: int = 32) -> tuple[int, int]:
+    """(channels, typical size) from the first images: 1 channel if all are grayscale."""
+    from PIL import Image
+
+    gray, sizes = True, []
+    for p in files[:n]:
+        try:
+            with Image.open(p) as img:
+                gray &= img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+                sizes.append(min(img.size))
+        except (OSError, ValueError, SyntaxError):
+            continue
+    if not sizes:
+        raise MobilenetsError(f"none of the first {min(n, len(files))} files could be read as images "
+                              f"(e.g. {files[0]})")
+    return (1 if gray else 3), int(np.median(sizes))
+
+
+def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | None = None,
+                      channels: int | None = None, val_fraction: float = 0.1, seed: int = 0,
+                      classes: list[str] | None = None) -> Dataset:
+    """An image-folder dataset; uses ``root/train`` and ``root/val`` (or ``test``) if present,
+    otherwise holds out ``val_fraction`` of each class (seeded) for validation.
+
+    Images of 64 px or less are loaded into memory (and augmented like CIFAR); larger ones
+    are decoded lazily with a random-resized crop for training.
+    """
+    root = Path(root)
+    sub = {"train": ["train"], "val": ["val", "valid", "validation", "test"],
+           "test": ["test", "val", "valid", "validation"]}[split]
+    split_dir = next((root / s for s in sub if (root / s).is_dir()), None)
+    has_splits = (root / "train").is_dir()
+    if has_splits:
+        if split_dir is None:
+            raise MobilenetsError(f"{root} has train/ but no val/ or test/ folder")
+        files, labels, found_classes = scan_image_folder(split_dir)
+    else:
+        files, labels, found_classes = scan_image_folder(root)
+        if not 0 < val_fraction < 1:
+            raise MobilenetsError(f"{root} has no train/ and val/ folders; give a validation "
+                                  f"fraction in (0, 1), got {val_fraction}")
+        g = np.random.default_rng(seed)
+        keep = []
+        labels_arr = np.asarray(labels)
+        for c in range(len(found_classes)):
+            idx = np.flatnonzero(labels_arr == c)
+            idx = idx[g.permutation(len(idx))]
+            n_val = max(1, int(round(len(idx) * val_fraction))) if len(idx) > 1 else 0
+            keep += list(idx[n_val:] if split == "train" else idx[:n_val])
+        keep.sort()
+        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+        if not files:
+            raise MobilenetsError(f"{root}: no images left for the {split} split")
+    if classes is not None and list(classes) != found_classes:
+        raise MobilenetsError(f"{root}: class folders {found_classes} differ from the model's "
+                              f"classes {list(classes)}")
+    probe_channels, probe_size = _probe_images(files)
+    channels = channels or probe_channels
+    image_size = image_size or min(probe_size, 224)
+    ds = ImageFolder(files, labels, found_classes, image_size, channels, train=split == "train",
+                     source=str(root), kind="photo" if image_size > 64 else "small", seed=seed)
+    if image_size <= 64:
+        return _materialize(ds)
+    return ds
+
+
+def _materialize(ds: ImageFolder) -> TensorImages:
+    """Decode a small-image folder once into memory, skipping unreadable files with a count."""
+    images, labels, bad = [], [], []
+    for i in range(len(ds)):
+        try:
+            img = resize_center_crop(load_image(ds.files[i], ds.channels), ds.image_size)
+        except MobilenetsError as e:
+            bad.append(str(e))
+            continue
+        images.append(to_uint8_tensor(img))
+        labels.append(ds.labels[i])
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {ds.source}, e.g. {bad[0]}",
+                      stacklevel=2)
+    if not images:
+        raise MobilenetsError(f"no readable images in {ds.source}")
+    return TensorImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64), ds.classes,
+                        ds.source, "small")
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def resolve_data_dir(spec: str) -> Path:
+    """A dataset name (``fashion-mnist``, ``mnist``) or a path, as an existing directory."""
+    if spec.lower() in SEARCH_DIRS:
+        for d in SEARCH_DIRS[spec.lower()]:
+            path = Path(d).expanduser()
+            if _find_idx(path, "train") or _find_idx(path, "t10k"):
+                return path
+        hint = (" (Debian: apt-get install dataset-fashion-mnist)" if spec.lower() == "fashion-mnist"
+                else "")
+        raise MobilenetsError(f"{spec} not found in {', '.join(SEARCH_DIRS[spec.lower()])}{hint}; "
+                              f"or pass --data DIR with its IDX files")
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise MobilenetsError(f"data not found: {spec!r} is neither a known dataset "
+                              f"({', '.join(SEARCH_DIRS)}) nor an existing path")
+    if not path.is_dir():
+        raise MobilenetsError(f"--data must be a directory or a dataset name, got file {path}")
+    if not any(path.iterdir()):
+        raise MobilenetsError(f"data directory {path} is empty")
+    return path
+
+
+def load_dataset(spec: str, split: str = "train", **kwargs: Any) -> Dataset:
+    """Load ``split`` ("train", "val" or "test") of a dataset name or directory.
+
+    The format is detected: IDX files (Fashion-MNIST/MNIST), CIFAR pickles, or an image
+    folder. ``kwargs`` go to :func:`load_image_folder` (``image_size``, ``channels``,
+    ``val_fraction``, ``seed``, ``classes``). For IDX and CIFAR, "val" is the test split.
+    """
+    if split not in ("train", "val", "test"):
+        raise MobilenetsError(f"split must be train, val or test, got {split!r}")
+    path = resolve_data_dir(spec)
+    if _find_idx(path, "train") or _find_idx(path, "t10k"):
+        classes = None
+        if spec.lower() == "mnist":
+            classes = MNIST_CLASSES
+        return load_idx_dir(path, split, classes)
+    if any((path / n).is_file() for n in ("data_batch_1", "test_batch", "meta", "batches.meta")):
+        return load_cifar_dir(path, split)
+    return load_image_folder(path, split, **kwargs)

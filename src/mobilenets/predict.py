@@ -1,0 +1,59 @@
+"""Classify image files with a checkpoint, using the preprocessing stored in it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .augment import normalize
+from .data import load_image, resize_center_crop, to_uint8_tensor
+from .errors import MobilenetsError
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]]  # (class name, probability), best first
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "top": [{"class": c, "probability": p} for c, p in self.top]}
+
+
+def preprocess_images(paths: list[str | os.PathLike], preprocessing: dict[str, Any]) -> torch.Tensor:
+    """Any image file, size or mode → the normalised ``(N, C, S, S)`` batch the model expects."""
+    try:
+        size, channels = int(preprocessing["input_size"]), int(preprocessing["channels"])
+        mean, std = preprocessing["mean"], preprocessing["std"]
+    except (KeyError, TypeError, ValueError) as e:
+        raise MobilenetsError(f"checkpoint preprocessing metadata is incomplete: {e}") from e
+    batch = [to_uint8_tensor(resize_center_crop(load_image(p, channels), size)) for p in paths]
+    return normalize(torch.stack(batch), mean, std)
+
+
+def classes_of(meta: dict[str, Any], num_classes: int) -> list[str]:
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or len(classes) != num_classes:
+        return [str(i) for i in range(num_classes)]
+    return [str(c) for c in classes]
+
+
+@torch.no_grad()
+def predict_files(model: torch.nn.Module, meta: dict[str, Any], paths: list[str | os.PathLike],
+                  top_k: int = 5) -> list[Prediction]:
+    """Top-k classes with probabilities for each image file."""
+    if not paths:
+        raise MobilenetsError("no images given")
+    preprocessing = meta.get("preprocessing")
+    if not isinstance(preprocessing, dict):
+        raise MobilenetsError("the checkpoint has no preprocessing metadata (input size, mean, std)")
+    x = preprocess_images(paths, preprocessing)
+    model.eval()
+    probs = model(x).softmax(dim=1)
+    classes = classes_of(meta, probs.shape[1])
+    k = max(1, min(top_k, probs.shape[1]))
+    values, indices = probs.topk(k, dim=1)
+    return [Prediction(str(p), [(classes[int(i)], float(v)) for v, i in zip(vs, ix)])
+            for p, vs, ix in zip(paths, values, indices)]

@@ -1,0 +1,690 @@
+"""Training and evaluation: the engine behind ``mobilenets train`` and ``mobilenets eval``.
+
+One run lives in one directory (``--out``):
+
+* ``config.json``: the resolved configuration (recipe defaults + what was given);
+* ``metrics.jsonl`` and ``metrics.csv``: one line per epoch; ``curves.png``: loss/accuracy;
+* ``last.safetensors``: model weights + everything needed to resume exactly (optimizer,
+  scheduler, EMA, epoch and step) under ``train/...`` keys, written atomically after every
+  epoch and on Ctrl-C/SIGTERM; ``best.safetensors``: the best weights by validation
+  accuracy (EMA weights when they are better). Both load with
+  :func:`mobilenets.checkpoint.load_model`.
+
+Exact resume: the data order of an epoch, every augmentation and every dropout mask are
+drawn from generators seeded by ``(seed, epoch, step)``, so a resumed run replays the
+uninterrupted one step for step.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from .augment import channel_stats, normalize, random_crop_flip, random_erasing
+from .checkpoint import atomic_write_bytes, load_state, model_meta, read_checkpoint, state_to_bytes
+from .conventions import IMAGENET_MEAN, IMAGENET_STD
+from .data import TensorImages, load_dataset
+from .errors import MobilenetsError, did_you_mean
+from .registry import create_model, model_options
+
+# --------------------------------------------------------------------------- recipes
+
+#: The papers' recipes (SPEC §2.1, §3.1, §3.8) and a tuned one for small images. A recipe
+#: fills every setting the user did not give. Learning rates are for the stated batch size
+#: and scale linearly with it (Goyal et al. 2017), as for all recipes here.
+RECIPES: dict[str, dict[str, Any]] = {
+    # Fashion-MNIST/CIFAR-sized images on a CPU: SGD+Nesterov, cosine, short warm-up,
+    # label smoothing, pad-crop + flip + random erasing.
+    "small-images": dict(optimizer="sgd", lr=0.2, batch_size=256, schedule="cosine", warmup=1.0,
+                         weight_decay=5e-5, label_smoothing=0.1, ema=None, epochs=10,
+                         crop_padding=2, flip=True, erasing=0.25),
+    # MobileNetV2 §6.1: RMSProp decay 0.9 / momentum 0.9, lr 0.045 decayed 0.98 per epoch,
+    # weight decay 4e-5, batch 96.
+    "v2-paper": dict(optimizer="rmsprop", lr=0.045, batch_size=96, schedule="step",
+                     step_epochs=1.0, gamma=0.98, warmup=0.0, weight_decay=4e-5,
+                     label_smoothing=0.0, ema=None, epochs=300),
+    # MobileNetV3 §6.1 / TF-slim: RMSProp momentum 0.9, lr 0.1 at batch 4096 (scaled to
+    # the batch), decay 0.99 every 3 epochs, 5 warm-up epochs, wd 1e-5, label smoothing
+    # 0.1, EMA 0.9999, dropout 0.2.
+    "v3-paper": dict(optimizer="rmsprop", lr=0.1 * 192 / 4096, batch_size=192, schedule="step",
+                     step_epochs=3.0, gamma=0.99, warmup=5.0, weight_decay=1e-5,
+                     label_smoothing=0.1, ema=0.9999, epochs=600),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; ``None`` means "take it from the recipe"."""
+
+    model: str = "mobilenet_v3_small"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "fashion-mnist"
+    out: str = "runs/train"
+    recipe: str = "small-images"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None  # sgd | rmsprop | adamw
+    momentum: float = 0.9
+    schedule: str | None = None  # cosine | step
+    step_epochs: float | None = None
+    gamma: float | None = None
+    warmup: float | None = None  # epochs of linear warm-up
+    weight_decay: float | None = None
+    label_smoothing: float | None = None
+    ema: float | None = None  # EMA decay, e.g. 0.999; 0 disables
+    crop_padding: int | None = None
+    flip: bool | None = None
+    erasing: float | None = None
+    image_size: int | None = None
+    val_fraction: float | None = None  # hold out this much of train for validation
+    workers: int = 2
+    seed: int = 0
+    precision: str = "auto"  # auto | fp32 | bf16
+    channels_last: bool = True
+    resume: bool = False
+    max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
+    stop_after_epoch: int | None = None  # stop resumably after this epoch (job time limits)
+    progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
+
+    def resolved(self) -> "TrainConfig":
+        if self.recipe not in RECIPES:
+            raise MobilenetsError(f"unknown recipe {self.recipe!r}{did_you_mean(self.recipe, RECIPES)}; "
+                                  f"recipes: {', '.join(RECIPES)}")
+        base = dict(step_epochs=1.0, gamma=0.97, crop_padding=0, flip=True, erasing=0.0)
+        base.update(RECIPES[self.recipe])
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in base.items():
+            if values.get(k) is None:
+                values[k] = v
+        cfg = TrainConfig(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        checks = [
+            (self.optimizer in ("sgd", "rmsprop", "adamw"), f"optimizer must be sgd, rmsprop or adamw, got {self.optimizer!r}"),
+            (self.schedule in ("cosine", "step"), f"schedule must be cosine or step, got {self.schedule!r}"),
+            (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+            (self.epochs is not None and self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size is not None and self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (self.lr is not None and self.lr > 0, f"learning rate must be positive, got {self.lr}"),
+            (0 <= (self.label_smoothing or 0) < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.ema is None or 0 <= self.ema < 1, f"EMA decay must be in [0, 1), got {self.ema}"),
+            (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise MobilenetsError(message)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_acc: float  # validation top-1 of the last epoch (EMA weights if enabled and better)
+    best_acc: float
+    epochs_done: int
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+class TrainingInterrupted(MobilenetsError):
+    """Ctrl-C or SIGTERM: a resumable checkpoint was saved."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from small integers (seed, epoch, step, ...)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def bf16_supported() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 / AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on convolution and linear weights only, not on BN parameters or biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, foreach=True)
+    if cfg.optimizer == "rmsprop":
+        # TF's RMSProp adds epsilon inside the square root; PyTorch outside. eps = sqrt(1e-3)
+        # is the usual translation of TF-slim's epsilon.
+        return torch.optim.RMSprop(groups, lr=cfg.lr, alpha=0.9, momentum=cfg.momentum,
+                                   eps=0.0316, foreach=True)
+    return torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rate at global ``step`` (linear warm-up, then the schedule)."""
+    epoch = step / steps_per_epoch
+    warm = cfg.warmup or 0.0
+    if warm > 0 and epoch < warm:
+        return (step + 1) / (warm * steps_per_epoch)
+    if cfg.schedule == "cosine":
+        total = cfg.epochs - warm
+        progress = min(1.0, (epoch - warm) / total) if total > 0 else 1.0
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.gamma ** math.floor((epoch - warm) / cfg.step_epochs)
+
+
+def _ema_avg_fn(decay: float):
+    """EMA update with timm-style warm-up: early steps average faster, (1+n)/(10+n)."""
+    def fn(ema_params, params, num_averaged):
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
+        if floats:  # AveragedModel calls this once per dtype group
+            torch._foreach_lerp_([e for e, _ in floats], [p for _, p in floats], 1 - d)
+        for e, p in zip(ema_params, params):
+            if not e.is_floating_point():  # BN's num_batches_tracked
+                e.copy_(p)
+    return fn
+
+
+# --------------------------------------------------------------------------- evaluation
+
+@dataclass
+class EvalResult:
+    loss: float
+    top1: float
+    top5: float
+    per_class: list[float]
+    confusion: list[list[int]]
+    classes: list[str]
+    count: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset, preprocessing: dict[str, Any], batch_size: int = 512,
+             channels_last: bool = True, precision: str = "fp32", workers: int = 0,
+             progress: bool = False, rank: int = 0, world_size: int = 1) -> EvalResult:
+    """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix on ``dataset``.
+
+    With ``world_size > 1`` each rank evaluates its shard and the sums are all-reduced, so
+    every rank gets the metrics of the whole dataset.
+    """
+    model.eval()
+    classes = list(dataset.classes)
+    k = len(classes)
+    confusion = torch.zeros(k, k, dtype=torch.int64)
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    top5 = torch.zeros((), dtype=torch.int64)
+    n = len(dataset)
+    idx = torch.arange(rank, n, world_size)
+    for images, labels in _iterate(dataset, idx, batch_size, workers):
+        x = normalize(images, preprocessing["mean"], preprocessing["std"])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        pred = logits.argmax(1)
+        confusion += torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
+        topk = logits.topk(min(5, k), dim=1).indices
+        top5 += (topk == labels[:, None]).any(1).sum()
+    if world_size > 1:
+        import torch.distributed as dist
+        for t in (confusion, loss_sum, top5):
+            dist.all_reduce(t)
+    total = int(confusion.sum())
+    if total == 0:
+        raise MobilenetsError("the evaluation set is empty")
+    per_class = (confusion.diag().double() / confusion.sum(1).clamp_min(1).double()).tolist()
+    return EvalResult(loss=float(loss_sum) / total, top1=float(confusion.diag().sum()) / total,
+                      top5=float(top5) / total, per_class=per_class, confusion=confusion.tolist(),
+                      classes=classes, count=total)
+
+
+def _iterate(dataset, idx: torch.Tensor, batch_size: int, workers: int
+             ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``dataset[idx]``: direct tensor indexing in memory, a DataLoader otherwise."""
+    if isinstance(dataset, TensorImages):
+        for i in range(0, len(idx), batch_size):
+            yield dataset.batch(idx[i:i + batch_size])
+        return
+    from torch.utils.data import DataLoader
+
+    batches = [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
+                        persistent_workers=False)
+    for images, labels in loader:
+        yield images, torch.as_tensor(labels, dtype=torch.int64)
+
+
+# --------------------------------------------------------------------------- the trainer
+
+class Trainer:
+    """Trains one model on one dataset, writing the run directory described above."""
+
+    def __init__(self, config: TrainConfig, rank: int = 0, world_size: int = 1) -> None:
+        self.rank, self.world_size = rank, world_size
+        self.is_main = rank == 0
+        self.run_dir = Path(config.out)
+        if config.resume:
+            saved = self._read_saved_config()
+            # The saved run defines everything; only the epoch budget may grow, and
+            # stop_after_epoch/max_steps/progress/workers describe this invocation.
+            overrides = {k: getattr(config, k) for k in ("stop_after_epoch", "max_steps", "progress", "workers")}
+            if config.epochs is not None:
+                overrides["epochs"] = config.epochs
+            config = replace(saved, resume=True, **overrides)
+        self.cfg = config.resolved()
+        cfg = self.cfg
+        self.precision = ("bf16" if bf16_supported() else "fp32") if cfg.precision == "auto" else cfg.precision
+        if self.precision == "bf16" and not bf16_supported():
+            raise MobilenetsError("--precision bf16 needs a CPU with bf16 support; use fp32")
+
+        folder_kwargs: dict[str, Any] = {"seed": cfg.seed}  # only image folders use these
+        if cfg.image_size:
+            folder_kwargs["image_size"] = cfg.image_size
+        self.train_set = load_dataset(cfg.data, "train", **folder_kwargs)
+        if cfg.val_fraction:
+            self.train_set, self.val_set = _holdout(self.train_set, cfg.val_fraction, cfg.seed)
+        else:
+            self.val_set = load_dataset(cfg.data, "val", seed=cfg.seed, image_size=self.train_set.image_size,
+                                        channels=self.train_set.channels)
+        if list(self.val_set.classes) != list(self.train_set.classes):
+            raise MobilenetsError(f"{cfg.data}: validation classes differ from training classes")
+        self.classes = list(self.train_set.classes)
+        self.channels = self.train_set.channels
+        self.image_size = self.train_set.image_size
+        self.small = isinstance(self.train_set, TensorImages) and self.train_set.kind == "small"
+        self.preprocessing = self._preprocessing()
+
+        kwargs = dict(cfg.model_kwargs)
+        kwargs.setdefault("num_classes", len(self.classes))
+        kwargs.setdefault("in_chans", self.channels)
+        if "small_input" in model_options(cfg.model):
+            kwargs.setdefault("small_input", self.image_size <= 64)
+        if kwargs["num_classes"] != len(self.classes) or kwargs["in_chans"] != self.channels:
+            raise MobilenetsError(f"the data has {len(self.classes)} classes and {self.channels} "
+                                  f"channels; the model options say {kwargs['num_classes']} and "
+                                  f"{kwargs['in_chans']}")
+        self.model_kwargs = kwargs
+        torch.manual_seed(cfg.seed)
+        self.model = create_model(cfg.model, **kwargs)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ddp_model: nn.Module = self.model
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=_ema_avg_fn(cfg.ema), use_buffers=True)
+                    if cfg.ema else None)
+        n_local = math.ceil(len(self.train_set) / world_size)
+        self.global_batch = cfg.batch_size
+        self.local_batch = max(1, cfg.batch_size // world_size)
+        self.steps_per_epoch = max(1, n_local // self.local_batch)
+        if cfg.max_steps:
+            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps)
+        self.epoch, self.step_in_epoch = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.best_acc = -1.0
+        if cfg.resume:
+            self._load_state()
+
+    # ---- setup helpers
+    def _preprocessing(self) -> dict[str, Any]:
+        if isinstance(self.train_set, TensorImages):
+            mean, std = channel_stats(self.train_set.images)
+        elif self.channels == 3:
+            mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+        else:
+            mean, std = [0.5] * self.channels, [0.5] * self.channels
+        return {"input_size": self.image_size, "channels": self.channels, "mean": mean, "std": std,
+                "resize": "shorter side to input_size, centre crop"}
+
+    def _read_saved_config(self) -> TrainConfig:
+        path = self.run_dir / "config.json"
+        if not (self.run_dir / "last.safetensors").is_file() or not path.is_file():
+            raise MobilenetsError(f"nothing to resume in {self.run_dir}: no last.safetensors/config.json "
+                                  "(start without --resume)")
+        try:
+            saved = json.loads(path.read_text())
+            known = {f.name for f in fields(TrainConfig)}
+            return TrainConfig(**{k: v for k, v in saved.items() if k in known})
+        except (json.JSONDecodeError, TypeError) as e:
+            raise MobilenetsError(f"{path} is corrupt: {e}") from e
+
+    # ---- checkpoints
+    def _meta(self, **extra: Any) -> dict[str, Any]:
+        meta = model_meta(self.model, classes=self.classes, preprocessing=self.preprocessing,
+                          epoch=self.epoch, recipe=self.cfg.recipe)
+        meta["model_kwargs"] = dict(self.model_kwargs)
+        meta.update(extra)
+        return meta
+
+    def _state_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = dict(self.model.state_dict())
+        opt = self.optimizer.state_dict()
+        opt_meta: dict[str, Any] = {"param_groups": opt["param_groups"], "scalars": {}}
+        for pid, st in opt["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"train/opt/{pid}/{k}"] = v
+                else:
+                    opt_meta["scalars"][f"{pid}/{k}"] = v
+        if self.ema is not None:
+            for k, v in self.ema.module.state_dict().items():
+                tensors[f"train/ema/{k}"] = v
+            tensors["train/ema_n_averaged"] = self.ema.n_averaged
+        state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "best_acc": self.best_acc,
+                 "history": self.history, "optimizer": opt_meta}
+        return tensors, state
+
+    def save_last(self) -> Path:
+        tensors, state = self._state_tensors()
+        path = self.run_dir / "last.safetensors"
+        atomic_write_bytes(path, state_to_bytes(tensors, self._meta(train_state=state)))
+        return path
+
+    def _save_best(self, model: nn.Module, acc: float, ema: bool) -> None:
+        meta = self._meta(val_acc=acc, ema=ema)
+        atomic_write_bytes(self.run_dir / "best.safetensors", state_to_bytes(model.state_dict(), meta))
+
+    def _load_state(self) -> None:
+        tensors, meta = read_checkpoint(self.run_dir / "last.safetensors")
+        state = meta.get("train_state")
+        if not isinstance(state, dict):
+            raise MobilenetsError(f"{self.run_dir / 'last.safetensors'} has no training state to resume")
+        load_state(self.model, {k: v for k, v in tensors.items() if not k.startswith("train/")},
+                   source=str(self.run_dir / "last.safetensors"))
+        opt_meta = state["optimizer"]
+        opt_state: dict[int, dict[str, Any]] = {}
+        for k, v in tensors.items():
+            if k.startswith("train/opt/"):
+                pid, name = k[len("train/opt/"):].split("/", 1)
+                opt_state.setdefault(int(pid), {})[name] = v
+        for k, v in opt_meta["scalars"].items():
+            pid, name = k.split("/", 1)
+            opt_state.setdefault(int(pid), {})[name] = v
+        self.optimizer.load_state_dict({"state": opt_state, "param_groups": opt_meta["param_groups"]})
+        if self.ema is not None:
+            ema_sd = {k[len("train/ema/"):]: v for k, v in tensors.items() if k.startswith("train/ema/")}
+            self.ema.module.load_state_dict(ema_sd)
+            self.ema.n_averaged.copy_(tensors["train/ema_n_averaged"])
+        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+        self.best_acc = float(state["best_acc"])
+        self.history = list(state["history"])
+
+    # ---- the loop
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        """This rank's sample order for ``epoch``: a seeded permutation, sharded by rank."""
+        g = torch.Generator().manual_seed(_seed(self.cfg.seed, epoch))
+        perm = torch.randperm(len(self.train_set), generator=g)
+        return perm[self.rank::self.world_size]
+
+    def _augment(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        cfg = self.cfg
+        if self.small:
+            images = random_crop_flip(images, cfg.crop_padding, cfg.flip, g)
+        elif cfg.flip:
+            mask = torch.rand(len(images), generator=g) < 0.5
+            images = torch.where(mask[:, None, None, None], images.flip(-1), images)
+        x = normalize(images, self.preprocessing["mean"], self.preprocessing["std"])
+        if cfg.erasing:
+            x = random_erasing(x, cfg.erasing, g)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _set_lr(self, global_step: int) -> float:
+        lr = self.cfg.lr * lr_factor(self.cfg, global_step, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_epoch(self, epoch: int, bar) -> dict[str, float]:
+        cfg = self.cfg
+        self.ddp_model.train()
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        order = self._epoch_order(epoch)
+        start = self.step_in_epoch
+        idx = order[start * self.local_batch: self.steps_per_epoch * self.local_batch]
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        correct = torch.zeros((), dtype=torch.int64)
+        seen, t0 = 0, time.perf_counter()
+        step = start
+        for images, labels in _iterate(self.train_set, idx, self.local_batch, cfg.workers):
+            g = torch.Generator().manual_seed(_seed(cfg.seed, epoch, step, self.rank))
+            torch.manual_seed(_seed(cfg.seed, epoch, step, self.rank, 1))  # dropout masks
+            x = self._augment(images, g)
+            lr = self._set_lr(epoch * self.steps_per_epoch + step)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                logits = self.ddp_model(x)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                last = self.run_dir / "last.safetensors"
+                kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.is_file() \
+                    else "no checkpoint was written yet"
+                raise MobilenetsError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
+                                      f"training stopped and {kept}. Try a lower --lr.")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            step += 1
+            self.step_in_epoch = step
+            n = len(labels)
+            seen += n
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == labels).sum()
+            if bar is not None:
+                elapsed = time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
+                                img_s=f"{seen * self.world_size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.3g}")
+        self.step_in_epoch = 0
+        elapsed = time.perf_counter() - t0
+        stats = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
+        if self.world_size > 1:
+            import torch.distributed as dist
+            dist.all_reduce(stats)
+        return {"train_loss": float(stats[0] / stats[2].clamp_min(1)),
+                "train_acc": float(stats[1] / stats[2].clamp_min(1)),
+                "images_per_sec": float(stats[2]) / max(elapsed, 1e-9), "lr": lr if seen else 0.0,
+                "train_seconds": elapsed}
+
+    def fit(self) -> TrainResult:
+        cfg = self.cfg
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _check_writable(self.run_dir)
+            if not cfg.resume:  # a fresh run: new metrics; old checkpoints stay until replaced
+                for name in ("metrics.jsonl", "metrics.csv"):
+                    (self.run_dir / name).unlink(missing_ok=True)
+            atomic_write_bytes(self.run_dir / "config.json",
+                               json.dumps(asdict(replace(cfg, resume=False)), indent=2).encode())
+        show_bar = self.is_main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
+        self._log(f"training {cfg.model} {self.model_kwargs} on {cfg.data}: {len(self.train_set)} train / "
+                  f"{len(self.val_set)} val images, {self.channels}×{self.image_size}², "
+                  f"{len(self.classes)} classes; {cfg.epochs} epochs × {self.steps_per_epoch} steps, "
+                  f"batch {self.global_batch}, {cfg.optimizer} lr {cfg.lr:g}, {self.precision}"
+                  + (f", {self.world_size} processes" if self.world_size > 1 else "")
+                  + (f" (resuming at epoch {self.epoch + 1})" if cfg.resume else ""))
+        t_start = time.perf_counter()
+        with _interrupt_guard() as interrupted:
+            try:
+                while self.epoch < cfg.epochs:
+                    epoch = self.epoch
+                    bar = None
+                    if show_bar:
+                        from tqdm import tqdm
+                        bar = tqdm(total=self.steps_per_epoch, initial=self.step_in_epoch,
+                                   desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, dynamic_ncols=True)
+                    try:
+                        stats = self.train_epoch(epoch, bar)
+                    finally:
+                        if bar is not None:
+                            bar.close()
+                    row = {"epoch": epoch + 1, **stats}
+                    row.update(self._validate())
+                    self.epoch = epoch + 1
+                    row["elapsed_seconds"] = (self.history[-1]["elapsed_seconds"] if self.history else 0.0) \
+                        + stats["train_seconds"] + row.pop("val_seconds")
+                    self.history.append(row)
+                    if self.is_main:
+                        self._record(row)
+                    if interrupted():
+                        raise KeyboardInterrupt
+                    if cfg.stop_after_epoch is not None and self.epoch >= cfg.stop_after_epoch \
+                            and self.epoch < cfg.epochs:
+                        self._log(f"stopped after epoch {self.epoch} as asked; resume with --resume")
+                        break
+            except KeyboardInterrupt:
+                if self.is_main:
+                    path = self.save_last()
+                    raise TrainingInterrupted(
+                        f"interrupted at epoch {self.epoch + 1} step {self.step_in_epoch}; saved {path}. "
+                        f"Resume with: mobilenets train --out {self.run_dir} --resume") from None
+                raise
+        last = self.history[-1] if self.history else {}
+        final = max(last.get("val_acc", 0.0), last.get("ema_val_acc") or 0.0)
+        return TrainResult(self.run_dir, final, self.best_acc, self.epoch, self.history,
+                           time.perf_counter() - t_start)
+
+    def _validate(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        kw = dict(channels_last=self.cfg.channels_last, precision=self.precision,
+                  workers=self.cfg.workers, rank=self.rank, world_size=self.world_size)
+        res = evaluate(self.model, self.val_set, self.preprocessing, **kw)
+        row: dict[str, Any] = {"val_loss": res.loss, "val_acc": res.top1, "val_top5": res.top5}
+        best_model, best_acc, best_is_ema = self.model, res.top1, False
+        if self.ema is not None:
+            ema_res = evaluate(self.ema.module, self.val_set, self.preprocessing, **kw)
+            row["ema_val_acc"] = ema_res.top1
+            if ema_res.top1 > res.top1:
+                best_model, best_acc, best_is_ema = self.ema.module, ema_res.top1, True
+        row["val_seconds"] = time.perf_counter() - t0
+        if self.is_main and best_acc > self.best_acc:
+            self.best_acc = best_acc
+            self._save_best(best_model, best_acc, best_is_ema)
+        return row
+
+    def _record(self, row: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+        csv_path = self.run_dir / "metrics.csv"
+        keys = list(row)
+        new = not csv_path.is_file()
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        self.save_last()
+        plot_curves(self.history, self.run_dir / "curves.png")
+        ema = f", EMA {row['ema_val_acc']:.4f}" if "ema_val_acc" in row else ""
+        self._log(f"epoch {row['epoch']}/{self.cfg.epochs}: train loss {row['train_loss']:.4f} "
+                  f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} top-1 {row['val_acc']:.4f}"
+                  f"{ema} | {row['images_per_sec']:.0f} img/s | {row['elapsed_seconds'] / 60:.1f} min")
+
+    def _log(self, message: str) -> None:
+        if self.is_main:
+            print(message, flush=True)
+
+
+def _holdout(ds, fraction: float, seed: int):
+    if not isinstance(ds, TensorImages):
+        raise MobilenetsError("--val-fraction applies to in-memory datasets; image folders "
+                              "without val/ are split automatically")
+    if not 0 < fraction < 1:
+        raise MobilenetsError(f"validation fraction must be in (0, 1), got {fraction}")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(_seed(seed, 99)))
+    n_val = max(1, int(len(ds) * fraction))
+    return ds.subset(perm[n_val:].sort().values), ds.subset(perm[:n_val].sort().values)
+
+
+def _check_writable(directory: Path) -> None:
+    probe = directory / ".write-test"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise MobilenetsError(f"output directory {directory} is not writable: {e.strerror or e}") from e
+
+
+class _interrupt_guard:
+    """Turns SIGTERM into KeyboardInterrupt while training, so both save and exit cleanly."""
+
+    def __enter__(self):
+        self._flag = False
+        self._old = None
+        try:
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return lambda: self._flag
+
+    def _handler(self, signum, frame):
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss and accuracy per epoch, train and validation (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend(), ax1.grid(alpha=0.3)
+    ax2.plot(epochs, [h["train_acc"] for h in history], "o-", label="train")
+    ax2.plot(epochs, [h["val_acc"] for h in history], "o-", label="validation")
+    if any("ema_val_acc" in h for h in history):
+        ax2.plot(epochs, [h.get("ema_val_acc") for h in history], "o-", label="validation (EMA)")
+    ax2.set_xlabel("epoch"), ax2.set_ylabel("top-1 accuracy"), ax2.legend(), ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train as ``config`` says and return the result (see :class:`Trainer`)."""
+    return Trainer(config).fit()

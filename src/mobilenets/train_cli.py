@@ -1,0 +1,234 @@
+"""``mobilenets train | eval | predict | demo``: thin wrappers over train.py and predict.py."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+from .errors import MobilenetsError
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from .cli import add_model_options
+    from .train import RECIPES
+
+    p = sub.add_parser("train", help="train a model on Fashion-MNIST, MNIST, CIFAR or an image folder")
+    p.add_argument("--model", default="mobilenet_v3_small", help="model name (default mobilenet_v3_small)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, mnist, or a directory (IDX files, CIFAR pickles, image folder)")
+    p.add_argument("--out", default="runs/train", help="run directory (checkpoints, metrics, plots)")
+    p.add_argument("--recipe", default="small-images", choices=sorted(RECIPES),
+                   help="defaults for everything not given (README: Training recipes)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch size")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--optimizer", choices=("sgd", "rmsprop", "adamw"))
+    p.add_argument("--schedule", choices=("cosine", "step"))
+    p.add_argument("--warmup", type=float, help="warm-up epochs")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--ema", type=float, help="EMA decay of the weights (e.g. 0.999); 0 disables")
+    p.add_argument("--weight-decay", type=float, help="on conv/linear weights (not BN, not biases)")
+    p.add_argument("--erasing", type=float, help="random-erasing probability")
+    p.add_argument("--image-size", type=int, help="image folders: resize to this size")
+    p.add_argument("--val-fraction", type=float, help="hold out this fraction of train for validation")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for image folders")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="bf16 autocast where the CPU supports it (auto) or forced")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
+    p.add_argument("--stop-after-epoch", type=int, help="stop resumably after this epoch")
+    add_model_options(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--out", help="directory for confusion.png (default: next to the checkpoint)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("predict", help="classify images with a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("demo", help="the main job: train MobileNetV3-Small on Fashion-MNIST, evaluate, predict")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    p.set_defaults(func=_demo)
+
+
+#: The demo's schedule: a few minutes on 2 CPU cores (README: Results).
+DEMO_EPOCHS = 3
+DEMO_MODEL_KWARGS = {"width_mult": 1.0}
+
+
+def _config_from_args(args: argparse.Namespace):
+    from .cli import model_kwargs_from_args
+    from .train import TrainConfig
+
+    keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup", "label_smoothing",
+            "ema", "weight_decay", "erasing", "image_size", "val_fraction", "max_steps",
+            "stop_after_epoch")
+    given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if given.get("ema") == 0:
+        given["ema"] = None
+    return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
+                       out=args.out, recipe=args.recipe, workers=args.workers, seed=args.seed,
+                       precision=args.precision, channels_last=args.channels_last,
+                       resume=args.resume, **given)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainingInterrupted, train
+
+    try:
+        result = train(_config_from_args(args))
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    print(f"done: {result.epochs_done} epochs in {result.seconds / 60:.1f} min; final top-1 "
+          f"{result.final_acc:.4f}, best {result.best_acc:.4f}; checkpoints in {result.run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .train import evaluate
+
+    model, meta = load_model(args.checkpoint)
+    pre = meta.get("preprocessing")
+    if not isinstance(pre, dict):
+        raise MobilenetsError(f"{args.checkpoint} has no preprocessing metadata; was it made by "
+                              "`mobilenets train`?")
+    ds = load_dataset(args.data, args.split, image_size=pre["input_size"], channels=pre["channels"])
+    classes = meta.get("classes")
+    if classes and len(classes) != len(ds.classes):
+        raise MobilenetsError(f"{args.checkpoint} was trained on {len(classes)} classes, "
+                              f"{args.data} has {len(ds.classes)}")
+    if pre["channels"] != ds.channels:
+        raise MobilenetsError(f"{args.checkpoint} expects {pre['channels']}-channel images, "
+                              f"{args.data} has {ds.channels}")
+    res = evaluate(model, ds, pre, batch_size=args.batch_size)
+    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
+    png = plot_confusion(res.confusion, res.classes, out_dir / "confusion.png")
+    if args.json:
+        print(json.dumps({**res.as_dict(), "checkpoint": str(args.checkpoint), "confusion_png": str(png)}))
+        return 0
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {res.count} images)")
+    print(f"top-1 {res.top1:.4f}   top-5 {res.top5:.4f}   loss {res.loss:.4f}\n")
+    width = max(len(c) for c in res.classes)
+    print(f"{'class':{width}s}  accuracy")
+    for c, a in zip(res.classes, res.per_class):
+        print(f"{c:{width}s}  {a:.4f}")
+    print("\nconfusion matrix (rows: true class, columns: predicted)")
+    print(format_confusion(res.confusion, res.classes))
+    print(f"\nconfusion matrix plot: {png}")
+    return 0
+
+
+def format_confusion(confusion: list[list[int]], classes: list[str]) -> str:
+    k = len(classes)
+    cell = max(5, max(len(str(v)) for row in confusion for v in row) + 1)
+    label = max(len(c) for c in classes)
+    head = " " * (label + 1) + "".join(f"{i:>{cell}d}" for i in range(k))
+    rows = [f"{c:>{label}s} " + "".join(f"{v:>{cell}d}" for v in row) for c, row in zip(classes, confusion)]
+    legend = "columns: " + ", ".join(f"{i}={c}" for i, c in enumerate(classes))
+    return "\n".join([head, *rows, legend])
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .checkpoint import atomic_write_bytes
+
+    m = np.asarray(confusion, dtype=float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true")
+    if len(classes) <= 20:
+        for i in range(len(classes)):
+            for j in range(len(classes)):
+                ax.text(j, i, int(m[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .predict import predict_files
+
+    for p in args.images:
+        if not Path(p).is_file():
+            raise MobilenetsError(f"image not found: {p}")
+    model, meta = load_model(args.checkpoint)
+    preds = predict_files(model, meta, args.images, args.top_k)
+    if args.json:
+        print(json.dumps([p.as_dict() for p in preds]))
+        return 0
+    for p in preds:
+        print(f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.top))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Train, evaluate on the 10,000 test images, predict a few of them."""
+    from PIL import Image
+
+    from .checkpoint import load_model
+    from .data import load_dataset
+    from .predict import predict_files
+    from .train import TrainConfig, TrainingInterrupted, evaluate, train
+
+    out = Path(args.out)
+    cfg = TrainConfig(model="mobilenet_v3_small", model_kwargs=dict(DEMO_MODEL_KWARGS),
+                      data=args.data, out=str(out), recipe="small-images", epochs=args.epochs)
+    try:
+        result = train(cfg)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
+    model, meta = load_model(out / "best.safetensors")
+    test = load_dataset(args.data, "test")
+    res = evaluate(model, test, meta["preprocessing"])
+    png = plot_confusion(res.confusion, res.classes, out / "confusion.png")
+    print(f"\nMobileNetV3-Small (small-input stem) on {args.data}: test top-1 {res.top1:.4f} "
+          f"({res.count} images), top-5 {res.top5:.4f}; trained {result.epochs_done} epochs in "
+          f"{result.seconds / 60:.1f} min")
+    print(f"checkpoint: {out / 'best.safetensors'}\ncurves: {out / 'curves.png'}\nconfusion: {png}")
+    samples = out / "samples"
+    samples.mkdir(exist_ok=True)
+    paths = []
+    for i in range(6):
+        img, label = test[i * 1111]
+        path = samples / f"test{i * 1111:05d}_{test.classes[label].replace('/', '-').replace(' ', '_')}.png"
+        Image.fromarray(img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).numpy()).save(path)
+        paths.append(path)
+    print("\npredictions (file name = true class):")
+    for p in predict_files(model, meta, paths, top_k=2):
+        print(f"  {Path(p.path).name}: " + ", ".join(f"{c} {prob:.2f}" for c, prob in p.top))
+    return 0

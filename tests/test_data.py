@@ -1,0 +1,138 @@
+"""Loaders (IDX, CIFAR, image folders), image conversion and batch augmentation."""
+
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datagen import make_cifar10_dir, make_cifar100_dir, make_idx_dir, make_image_folder, write_idx
+from mobilenets import MobilenetsError
+from mobilenets.augment import normalize, random_crop_flip, random_erasing
+from mobilenets.data import TensorImages, load_dataset, load_image, read_idx
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_dir_loads_both_splits(tmp_path, gz):
+    root = make_idx_dir(tmp_path / "fm", n_train=12, n_test=8, gz=gz)
+    train, test = load_dataset(str(root), "train"), load_dataset(str(root), "test")
+    assert isinstance(train, TensorImages)
+    assert train.images.shape == (12, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert len(test) == 8 and train.classes == ["0", "1", "2", "3"]
+    img, label = train[0]
+    assert img.shape == (1, 28, 28) and 0 <= label < 4
+
+
+def test_fashion_mnist_directory_names_its_classes(tmp_path):
+    root = make_idx_dir(tmp_path / "fashion-mnist", n_train=10, n_test=10)
+    assert load_dataset(str(root), "train").classes[0] == "T-shirt/top"
+
+
+def test_idx_truncated_or_wrong_magic_is_a_clear_error(tmp_path):
+    arr = np.zeros((3, 4, 4), np.uint8)
+    path = write_idx(tmp_path / "x-idx3-ubyte", arr, gz=False)
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(MobilenetsError, match="truncated or corrupt"):
+        read_idx(path)
+    (tmp_path / "y").write_bytes(b"\x01\x02\x03\x04" * 4)
+    with pytest.raises(MobilenetsError, match="bad magic"):
+        read_idx(tmp_path / "y")
+
+
+def test_cifar10_and_cifar100_pickles(tmp_path):
+    c10 = load_dataset(str(make_cifar10_dir(tmp_path / "c10")), "train")
+    assert c10.images.shape == (40, 3, 32, 32) and c10.classes == ["a", "b", "c", "d"]
+    assert len(load_dataset(str(tmp_path / "c10"), "test")) == 20
+    c100 = load_dataset(str(make_cifar100_dir(tmp_path / "c100")), "test")
+    assert c100.images.shape == (20, 3, 32, 32) and c100.classes == ["w", "x", "y", "z"]
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch pwned",))
+
+
+def test_cifar_pickle_with_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = make_cifar10_dir(tmp_path / "c10")
+    with open(root / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _Evil(), b"labels": []}, f)
+    with pytest.raises(MobilenetsError, match="refusing to load"):
+        load_dataset(str(root), "train")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_image_folder_with_splits_and_any_mode(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", splits=True, modes=("L", "I;16", "LA"))
+    train = load_dataset(str(root), "train")
+    val = load_dataset(str(root), "val")
+    assert train.classes == ["cat", "dog", "fox"] and len(train) == 18 and len(val) == 18
+    assert train.images.shape[1:] == (1, 28, 28)  # all grayscale -> 1 channel
+
+
+def test_image_folder_colour_and_val_fraction(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", n_per_class=10, modes=("RGB", "RGBA", "P"))
+    train = load_dataset(str(root), "train", val_fraction=0.2)
+    val = load_dataset(str(root), "val", val_fraction=0.2)
+    assert len(train) == 24 and len(val) == 6
+    assert train.channels == 3
+
+
+def test_large_images_are_decoded_lazily_with_random_resized_crop(tmp_path):
+    root = make_image_folder(tmp_path / "photos", n_per_class=3, size=100, modes=("RGB",), splits=True)
+    train = load_dataset(str(root), "train", image_size=80)
+    assert not isinstance(train, TensorImages) and train.kind == "photo"
+    img, label = train[0]
+    assert img.shape == (3, 80, 80) and img.dtype == torch.uint8
+    train.set_epoch(1)
+    again, _ = train[0]
+    assert not torch.equal(img, again)  # a new crop each epoch, seeded
+
+
+def test_data_errors(tmp_path):
+    with pytest.raises(MobilenetsError, match="neither a known dataset"):
+        load_dataset(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MobilenetsError, match="is empty"):
+        load_dataset(str(tmp_path / "empty"))
+    (tmp_path / "noimg" / "cls").mkdir(parents=True)
+    (tmp_path / "noimg" / "cls" / "notes.txt").write_text("x")
+    with pytest.raises(MobilenetsError, match="has no images"):
+        load_dataset(str(tmp_path / "noimg"))
+
+
+def test_corrupt_images_are_skipped_with_a_warning(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", n_per_class=4)
+    (root / "cat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = load_dataset(str(root), "train", val_fraction=0.25)
+    assert any("skipped 1 unreadable" in str(w.message) for w in caught) or len(train) == 9
+
+
+def test_load_image_conversions(tmp_path):
+    arr16 = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4096)
+    Image.fromarray(arr16).save(tmp_path / "a.png")
+    img = load_image(tmp_path / "a.png", channels=1)
+    assert img.mode == "L" and np.asarray(img)[3, 3] == (15 * 4096) >> 8
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 0))  # fully transparent red
+    rgba.save(tmp_path / "b.png")
+    assert load_image(tmp_path / "b.png", channels=3).getpixel((0, 0)) == (255, 255, 255)
+    assert load_image(tmp_path / "b.png", channels=1).mode == "L"
+
+
+def test_augmentations_are_seeded_and_shape_preserving():
+    images = torch.randint(0, 255, (8, 1, 28, 28), dtype=torch.uint8)
+    a = random_crop_flip(images, 2, True, torch.Generator().manual_seed(3))
+    b = random_crop_flip(images, 2, True, torch.Generator().manual_seed(3))
+    assert a.shape == images.shape and torch.equal(a, b)
+    assert not torch.equal(a, images)
+    # With no padding and no flip, the crop is the identity.
+    assert torch.equal(random_crop_flip(images, 0, False, torch.Generator()), images)
+    x = normalize(images, [0.5], [0.25])
+    assert torch.allclose(x, (images.float() / 255 - 0.5) / 0.25)
+    erased = random_erasing(x, 1.0, torch.Generator().manual_seed(0))
+    assert ((erased == 0) & (x != 0)).any(dim=(1, 2, 3)).all()  # every image has a hole

@@ -1,0 +1,165 @@
+"""Training, checkpoints, exact resume, evaluation and prediction on tiny generated data."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from datagen import make_idx_dir, make_image_folder
+from mobilenets import MobilenetsError
+from mobilenets.checkpoint import load_model, read_checkpoint
+from mobilenets.cli import main
+from mobilenets.data import TensorImages
+from mobilenets.predict import predict_files
+from mobilenets.train import TrainConfig, Trainer, evaluate, train
+
+TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16,
+            lr=0.05, warmup=0.0, precision="fp32", progress=False, erasing=0.25)
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    return make_idx_dir(tmp_path_factory.mktemp("data") / "tiny", n_train=96, n_test=32)
+
+
+def _cfg(idx_dir, out, **kw):
+    return TrainConfig(**{**TINY, "data": str(idx_dir), "out": str(out), **kw})
+
+
+def test_training_lowers_the_loss_and_writes_the_run(idx_dir, tmp_path):
+    result = train(_cfg(idx_dir, tmp_path / "run", epochs=3, ema=0.9))
+    losses = [h["train_loss"] for h in result.history]
+    assert losses[-1] < losses[0]
+    for name in ("config.json", "metrics.jsonl", "metrics.csv", "curves.png", "last.safetensors",
+                 "best.safetensors"):
+        assert (tmp_path / "run" / name).is_file(), name
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and "ema_val_acc" in rows[0]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["epochs"] == 3
+    model, meta = load_model(tmp_path / "run" / "best.safetensors")
+    assert meta["model_kwargs"]["small_input"] is True and meta["classes"] == ["0", "1", "2", "3"]
+    assert meta["preprocessing"]["input_size"] == 28 and meta["preprocessing"]["channels"] == 1
+    assert result.best_acc == pytest.approx(meta["val_acc"])
+
+
+def test_no_weight_decay_on_bn_and_bias(idx_dir, tmp_path):
+    trainer = Trainer(_cfg(idx_dir, tmp_path / "wd", epochs=1, weight_decay=0.01))
+    decayed, plain = trainer.optimizer.param_groups
+    assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
+
+
+def _final_state(run):
+    tensors, meta = read_checkpoint(run / "last.safetensors")
+    return tensors, meta["train_state"]["history"]
+
+
+def test_resume_is_exact(idx_dir, tmp_path):
+    kw = dict(epochs=2, ema=0.9, optimizer="rmsprop")
+    train(_cfg(idx_dir, tmp_path / "full", **kw))
+    train(_cfg(idx_dir, tmp_path / "split", stop_after_epoch=1, **kw))
+    assert len(_final_state(tmp_path / "split")[1]) == 1
+    train(_cfg(idx_dir, tmp_path / "split", resume=True))
+    full, full_hist = _final_state(tmp_path / "full")
+    split, split_hist = _final_state(tmp_path / "split")
+    assert full.keys() == split.keys()
+    for k in full:
+        assert torch.equal(full[k], split[k]), k
+    assert [h["val_acc"] for h in full_hist] == [h["val_acc"] for h in split_hist]
+
+
+def test_resume_without_a_run_is_a_clear_error(idx_dir, tmp_path):
+    with pytest.raises(MobilenetsError, match="nothing to resume"):
+        train(_cfg(idx_dir, tmp_path / "none", resume=True))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(idx_dir, tmp_path):
+    run = tmp_path / "nan"
+    train(_cfg(idx_dir, run, epochs=1))
+    before = (run / "last.safetensors").read_bytes()
+    with pytest.raises(MobilenetsError, match="loss became .*last good checkpoint"):
+        train(_cfg(idx_dir, run, epochs=2, lr=1e30, resume=False, optimizer="sgd", warmup=0.0))
+    # The failed run started over in the same directory but never wrote a bad checkpoint.
+    assert (run / "last.safetensors").read_bytes() == before
+
+
+class _Oracle(torch.nn.Module):
+    """Predicts class = (mean pixel > 0) for even images, class 1 - that otherwise: known answers."""
+
+    def forward(self, x):
+        bright = (x.mean(dim=(1, 2, 3)) > 0).long()
+        return torch.nn.functional.one_hot(bright, 2).float() * 10
+
+
+def test_evaluate_known_answers():
+    images = torch.zeros(10, 1, 4, 4, dtype=torch.uint8)
+    images[:6] = 255  # 6 bright, 4 dark
+    labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])  # 4 bright say 1, 2 bright say 0
+    ds = TensorImages(images, labels, ["dark", "bright"])
+    res = evaluate(_Oracle(), ds, {"mean": [0.5], "std": [0.5]}, channels_last=False, batch_size=3)
+    # Predictions: bright -> 1 for images 0..5, dark -> 0 for 6..9.
+    assert res.confusion == [[4, 2], [0, 4]]
+    assert res.top1 == pytest.approx(0.8) and res.top5 == 1.0
+    assert res.per_class == pytest.approx([4 / 6, 1.0])
+    assert res.count == 10
+
+
+def test_predict_any_size_and_mode(idx_dir, tmp_path):
+    run = tmp_path / "p"
+    train(_cfg(idx_dir, run, epochs=1))
+    model, meta = load_model(run / "best.safetensors")
+    paths = []
+    for i, (mode, size) in enumerate((("L", 28), ("RGB", 50), ("RGBA", 13), ("P", 31))):
+        arr = np.random.default_rng(i).integers(0, 255, (size, size, 3), dtype=np.uint8)
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(arr).convert(mode).save(p)
+        paths.append(p)
+    preds = predict_files(model, meta, paths, top_k=2)
+    assert len(preds) == 4
+    for p in preds:
+        assert len(p.top) == 2 and p.top[0][0] in meta["classes"]
+        assert p.top[0][1] >= p.top[1][1] and 0 < sum(pr for _, pr in p.top) <= 1.0 + 1e-6
+
+
+def test_cli_end_to_end(idx_dir, tmp_path, capsys):
+    run = tmp_path / "cli"
+    assert main(["train", "--data", str(idx_dir), "--out", str(run), "--epochs", "1", "--batch-size", "16",
+                 "--width-mult", "0.25", "--precision", "fp32"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1/1" in out and "checkpoints in" in out
+    assert main(["eval", str(run / "best.safetensors"), "--data", str(idx_dir), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["count"] == 32 and 0 <= res["top1"] <= 1 and len(res["confusion"]) == 4
+    assert (run / "confusion.png").is_file()
+    assert main(["eval", str(run / "best.safetensors"), "--data", str(idx_dir)]) == 0
+    assert "confusion matrix" in capsys.readouterr().out
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(img)
+    assert main(["predict", str(run / "best.safetensors"), str(img), "--json", "--top-k", "2"]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    assert len(pred) == 1 and len(pred[0]["top"]) == 2
+
+
+def test_cli_user_errors_are_one_line(idx_dir, tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data not found") and "Traceback" not in err
+    assert main(["train", "--data", str(idx_dir), "--model", "mobilenet_v4", "--out", str(tmp_path / "r")]) == 2
+    assert "did you mean" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "missing.safetensors"), str(tmp_path / "x.png")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00" * 10)
+    img = tmp_path / "y.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(img)
+    assert main(["predict", str(bad), str(img)]) == 2
+    assert "truncated or corrupt" in capsys.readouterr().err
+
+
+def test_image_folder_training(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", n_per_class=8, size=32, modes=("RGB",))
+    result = train(TrainConfig(**{**TINY, "data": str(root), "out": str(tmp_path / "f"), "epochs": 1}))
+    _, meta = load_model(result.run_dir / "best.safetensors")
+    assert meta["classes"] == ["cat", "dog", "fox"] and meta["preprocessing"]["channels"] == 3
