@@ -17,6 +17,7 @@ uninterrupted one step for step.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
@@ -94,7 +96,10 @@ class TrainConfig:
     val_fraction: float | None = None  # hold out this much of train for validation
     workers: int = 2
     seed: int = 0
-    precision: str = "auto"  # auto | fp32 | bf16
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (CUDA)
+    device: str = "auto"  # auto | cpu | cuda
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
+    sync_bn: bool = False  # SyncBatchNorm across processes (distributed runs)
     channels_last: bool = True
     resume: bool = False
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
@@ -119,7 +124,9 @@ class TrainConfig:
         checks = [
             (self.optimizer in ("sgd", "rmsprop", "adamw"), f"optimizer must be sgd, rmsprop or adamw, got {self.optimizer!r}"),
             (self.schedule in ("cosine", "step"), f"schedule must be cosine or step, got {self.schedule!r}"),
-            (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
+            (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
+            (self.accum_steps >= 1, f"accumulation steps must be >= 1, got {self.accum_steps}"),
             (self.epochs is not None and self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
             (self.batch_size is not None and self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr is not None and self.lr > 0, f"learning rate must be positive, got {self.lr}"),
@@ -162,6 +169,34 @@ def bf16_supported() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto``: CUDA when present (one GPU per process under torchrun), else the CPU."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise MobilenetsError("--device cuda but no CUDA GPU is available; use --device cpu")
+        index = int(os.environ.get("LOCAL_RANK", local_rank)) % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 autocast on GPUs and on CPUs with native bf16; fp32 otherwise."""
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return precision
+    if precision == "fp16":
+        raise MobilenetsError("--precision fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+    if precision == "bf16" and not bf16_supported():
+        raise MobilenetsError("--precision bf16 needs a CPU with bf16 support; use fp32")
+    if precision == "auto":
+        return "bf16" if bf16_supported() else "fp32"
+    return precision
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -232,13 +267,16 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, preprocessing: dict[str, Any], batch_size: int = 512,
              channels_last: bool = True, precision: str = "fp32", workers: int = 0,
-             progress: bool = False, rank: int = 0, world_size: int = 1) -> EvalResult:
+             rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> EvalResult:
     """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix on ``dataset``.
 
     With ``world_size > 1`` each rank evaluates its shard and the sums are all-reduced, so
     every rank gets the metrics of the whole dataset.
     """
     model.eval()
+    if device is None:
+        device = next(iter(model.parameters()), torch.empty(0)).device
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     classes = list(dataset.classes)
     k = len(classes)
     confusion = torch.zeros(k, k, dtype=torch.int64)
@@ -247,21 +285,23 @@ def evaluate(model: nn.Module, dataset, preprocessing: dict[str, Any], batch_siz
     n = len(dataset)
     idx = torch.arange(rank, n, world_size)
     for images, labels in _iterate(dataset, idx, batch_size, workers):
-        x = normalize(images, preprocessing["mean"], preprocessing["std"])
+        x = normalize(images, preprocessing["mean"], preprocessing["std"]).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             logits = model(x)
-        logits = logits.float()
+        logits = logits.float().cpu()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         pred = logits.argmax(1)
         confusion += torch.bincount(labels * k + pred, minlength=k * k).view(k, k)
         topk = logits.topk(min(5, k), dim=1).indices
         top5 += (topk == labels[:, None]).any(1).sum()
     if world_size > 1:
-        import torch.distributed as dist
-        for t in (confusion, loss_sum, top5):
-            dist.all_reduce(t)
+        sums = torch.cat([confusion.view(-1).double(), loss_sum.view(1), top5.view(1).double()]).to(device)
+        dist.all_reduce(sums)
+        sums = sums.cpu()
+        confusion = sums[:k * k].round().long().view(k, k)
+        loss_sum, top5 = sums[k * k], sums[k * k + 1].round().long()
     total = int(confusion.sum())
     if total == 0:
         raise MobilenetsError("the evaluation set is empty")
@@ -273,16 +313,21 @@ def evaluate(model: nn.Module, dataset, preprocessing: dict[str, Any], batch_siz
 
 def _iterate(dataset, idx: torch.Tensor, batch_size: int, workers: int
              ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``dataset[idx]``: direct tensor indexing in memory, a DataLoader otherwise."""
+    """Consecutive batches of ``dataset[idx]``."""
+    return _iterate_lists(dataset, [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)], workers)
+
+
+def _iterate_lists(dataset, batches: list[torch.Tensor], workers: int
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """One batch per index tensor: direct tensor indexing for in-memory data, a DataLoader
+    with ``workers`` processes decoding ahead otherwise."""
     if isinstance(dataset, TensorImages):
-        for i in range(0, len(idx), batch_size):
-            yield dataset.batch(idx[i:i + batch_size])
+        for idx in batches:
+            yield dataset.batch(idx)
         return
     from torch.utils.data import DataLoader
 
-    batches = [idx[i:i + batch_size].tolist() for i in range(0, len(idx), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                        persistent_workers=False)
+    loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers)
     for images, labels in loader:
         yield images, torch.as_tensor(labels, dtype=torch.int64)
 
@@ -297,18 +342,25 @@ class Trainer:
         self.is_main = rank == 0
         self.run_dir = Path(config.out)
         if config.resume:
-            saved = self._read_saved_config()
+            saved, saved_world = self._read_saved_config()
             # The saved run defines everything; only the epoch budget may grow, and
             # stop_after_epoch/max_steps/progress/workers describe this invocation.
             overrides = {k: getattr(config, k) for k in ("stop_after_epoch", "max_steps", "progress", "workers")}
             if config.epochs is not None:
                 overrides["epochs"] = config.epochs
+            # At another world size, keep the number of micro-batches per step (processes ×
+            # accumulation) so every step sees the same micro-batches as before.
+            shards = saved_world * saved.accum_steps
+            if world_size != saved_world and shards % world_size == 0:
+                overrides["accum_steps"] = shards // world_size
             config = replace(saved, resume=True, **overrides)
         self.cfg = config.resolved()
         cfg = self.cfg
-        self.precision = ("bf16" if bf16_supported() else "fp32") if cfg.precision == "auto" else cfg.precision
-        if self.precision == "bf16" and not bf16_supported():
-            raise MobilenetsError("--precision bf16 needs a CPU with bf16 support; use fp32")
+        self.device = resolve_device(cfg.device, rank)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        # fp16 needs loss scaling against underflow; bf16 and fp32 do not (scaler disabled).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
         folder_kwargs: dict[str, Any] = {"seed": cfg.seed}  # only image folders use these
         if cfg.image_size:
@@ -339,16 +391,34 @@ class Trainer:
         self.model_kwargs = kwargs
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, **kwargs)
+        if cfg.sync_bn:
+            if world_size == 1:
+                raise MobilenetsError("--sync-bn only applies to distributed runs (--nproc-per-node > 1)")
+            if self.device.type != "cuda":
+                raise MobilenetsError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs "
+                                      "only); on CPUs leave it off")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model.model_name, self.model.model_kwargs = cfg.model, dict(kwargs)
+        self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp_model: nn.Module = self.model
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = make_optimizer(cfg, self.model)
         self.ema = (AveragedModel(self.model, multi_avg_fn=_ema_avg_fn(cfg.ema), use_buffers=True)
                     if cfg.ema else None)
-        n_local = math.ceil(len(self.train_set) / world_size)
+        shards = world_size * cfg.accum_steps
+        if cfg.batch_size % shards:
+            raise MobilenetsError(f"batch size {cfg.batch_size} must divide evenly into {world_size} "
+                                  f"process(es) × {cfg.accum_steps} accumulation step(s)")
+        if len(self.train_set) < cfg.batch_size:
+            raise MobilenetsError(f"the training set has {len(self.train_set)} images, fewer than one "
+                                  f"batch of {cfg.batch_size}; lower --batch-size")
         self.global_batch = cfg.batch_size
-        self.local_batch = max(1, cfg.batch_size // world_size)
-        self.steps_per_epoch = max(1, n_local // self.local_batch)
+        self.steps_per_epoch = len(self.train_set) // cfg.batch_size
         if cfg.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps)
         self.epoch, self.step_in_epoch = 0, 0
@@ -368,7 +438,7 @@ class Trainer:
         return {"input_size": self.image_size, "channels": self.channels, "mean": mean, "std": std,
                 "resize": "shorter side to input_size, centre crop"}
 
-    def _read_saved_config(self) -> TrainConfig:
+    def _read_saved_config(self) -> tuple[TrainConfig, int]:
         path = self.run_dir / "config.json"
         if not (self.run_dir / "last.safetensors").is_file() or not path.is_file():
             raise MobilenetsError(f"nothing to resume in {self.run_dir}: no last.safetensors/config.json "
@@ -376,8 +446,9 @@ class Trainer:
         try:
             saved = json.loads(path.read_text())
             known = {f.name for f in fields(TrainConfig)}
-            return TrainConfig(**{k: v for k, v in saved.items() if k in known})
-        except (json.JSONDecodeError, TypeError) as e:
+            return (TrainConfig(**{k: v for k, v in saved.items() if k in known}),
+                    int(saved.get("world_size", 1)))
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
             raise MobilenetsError(f"{path} is corrupt: {e}") from e
 
     # ---- checkpoints
@@ -442,12 +513,6 @@ class Trainer:
         self.history = list(state["history"])
 
     # ---- the loop
-    def _epoch_order(self, epoch: int) -> torch.Tensor:
-        """This rank's sample order for ``epoch``: a seeded permutation, sharded by rank."""
-        g = torch.Generator().manual_seed(_seed(self.cfg.seed, epoch))
-        perm = torch.randperm(len(self.train_set), generator=g)
-        return perm[self.rank::self.world_size]
-
     def _augment(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         cfg = self.cfg
         if self.small:
@@ -468,58 +533,92 @@ class Trainer:
             group["lr"] = lr
         return lr
 
+    def _micro_batches(self, epoch: int, start: int) -> list[tuple[int, int, torch.Tensor]]:
+        """``(step, shard, indices)`` for this rank, from ``start`` to the end of the epoch.
+
+        Global batch ``k`` is ``perm[k·B:(k+1)·B]`` of the epoch's seeded permutation; it is cut
+        into ``world_size × accum_steps`` shards, and rank ``r`` processes shards
+        ``r·A … r·A + A - 1``. So any world size and accumulation that multiply to the same
+        shard count see the same micro-batches: 2 processes equal 1 process accumulating 2.
+        """
+        g = torch.Generator().manual_seed(_seed(self.cfg.seed, epoch))
+        perm = torch.randperm(len(self.train_set), generator=g)
+        shards, accum, batch = self.world_size * self.cfg.accum_steps, self.cfg.accum_steps, self.cfg.batch_size
+        out = []
+        for step in range(start, self.steps_per_epoch):
+            global_batch = perm[step * batch:(step + 1) * batch]
+            for a in range(accum):
+                shard = self.rank * accum + a
+                out.append((step, shard, global_batch[shard::shards]))
+        return out
+
     def train_epoch(self, epoch: int, bar) -> dict[str, float]:
         cfg = self.cfg
         self.ddp_model.train()
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
-        order = self._epoch_order(epoch)
-        start = self.step_in_epoch
-        idx = order[start * self.local_batch: self.steps_per_epoch * self.local_batch]
+        plan = self._micro_batches(epoch, self.step_in_epoch)
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
-        seen, t0 = 0, time.perf_counter()
-        step = start
-        for images, labels in _iterate(self.train_set, idx, self.local_batch, cfg.workers):
-            g = torch.Generator().manual_seed(_seed(cfg.seed, epoch, step, self.rank))
-            torch.manual_seed(_seed(cfg.seed, epoch, step, self.rank, 1))  # dropout masks
-            x = self._augment(images, g)
-            lr = self._set_lr(epoch * self.steps_per_epoch + step)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                logits = self.ddp_model(x)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                last = self.run_dir / "last.safetensors"
-                kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.is_file() \
-                    else "no checkpoint was written yet"
-                raise MobilenetsError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}; "
-                                      f"training stopped and {kept}. Try a lower --lr.")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
-            step += 1
-            self.step_in_epoch = step
+        seen, t0, lr = 0, time.perf_counter(), 0.0
+        accum = cfg.accum_steps
+        batches = _iterate_lists(self.train_set, [idx for _, _, idx in plan], cfg.workers)
+        for (step, shard, _), (images, labels) in zip(plan, batches):
+            a = shard - self.rank * accum
+            if a == 0:
+                lr = self._set_lr(epoch * self.steps_per_epoch + step)
+                self.optimizer.zero_grad(set_to_none=True)
+            g = torch.Generator().manual_seed(_seed(cfg.seed, epoch, step, shard))
+            torch.manual_seed(_seed(cfg.seed, epoch, step, shard, 1))  # dropout masks
+            x = self._augment(images, g).to(self.device, non_blocking=True)
+            labels = labels.to(self.device, non_blocking=True)
+            sync = self.world_size == 1 or a == accum - 1
+            with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    logits = self.ddp_model(x)
+                loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                self._check_finite(loss, epoch, step)
+                self.scaler.scale(loss / accum).backward()
+            if a == accum - 1:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update_parameters(self.model)
+                self.step_in_epoch = step + 1
+                if bar is not None:
+                    bar.update(1)
             n = len(labels)
             seen += n
-            loss_sum += loss.detach().double() * n
-            correct += (logits.detach().argmax(1) == labels).sum()
-            if bar is not None:
+            loss_sum += loss.detach().double().cpu() * n
+            correct += (logits.detach().argmax(1) == labels).sum().cpu()
+            if bar is not None and a == accum - 1:
                 elapsed = time.perf_counter() - t0
-                bar.update(1)
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
                                 img_s=f"{seen * self.world_size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.3g}")
         self.step_in_epoch = 0
         elapsed = time.perf_counter() - t0
         stats = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
         if self.world_size > 1:
-            import torch.distributed as dist
+            stats = stats.to(self.device)
             dist.all_reduce(stats)
+            stats = stats.cpu()
         return {"train_loss": float(stats[0] / stats[2].clamp_min(1)),
                 "train_acc": float(stats[1] / stats[2].clamp_min(1)),
-                "images_per_sec": float(stats[2]) / max(elapsed, 1e-9), "lr": lr if seen else 0.0,
+                "images_per_sec": float(stats[2]) / max(elapsed, 1e-9), "lr": lr,
                 "train_seconds": elapsed}
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop every rank together when any rank's loss is NaN/inf (no rank left waiting)."""
+        bad = (~torch.isfinite(loss.detach())).to(torch.int32)
+        if self.world_size > 1:
+            dist.all_reduce(bad)
+        if int(bad):
+            last = self.run_dir / "last.safetensors"
+            kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.is_file() \
+                else "no checkpoint was written yet"
+            raise MobilenetsError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}"
+                                  f"{' on some rank' if self.world_size > 1 else ''}; training stopped "
+                                  f"and {kept}. Try a lower --lr.")
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -529,8 +628,8 @@ class Trainer:
             if not cfg.resume:  # a fresh run: new metrics; old checkpoints stay until replaced
                 for name in ("metrics.jsonl", "metrics.csv"):
                     (self.run_dir / name).unlink(missing_ok=True)
-            atomic_write_bytes(self.run_dir / "config.json",
-                               json.dumps(asdict(replace(cfg, resume=False)), indent=2).encode())
+            saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size}
+            atomic_write_bytes(self.run_dir / "config.json", json.dumps(saved, indent=2).encode())
         show_bar = self.is_main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
         self._log(f"training {cfg.model} {self.model_kwargs} on {cfg.data}: {len(self.train_set)} train / "
                   f"{len(self.val_set)} val images, {self.channels}×{self.image_size}², "
@@ -581,10 +680,11 @@ class Trainer:
 
     def _validate(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        kw = dict(channels_last=self.cfg.channels_last, precision=self.precision,
+        kw = dict(channels_last=self.cfg.channels_last, precision=self.precision, device=self.device,
                   workers=self.cfg.workers, rank=self.rank, world_size=self.world_size)
         res = evaluate(self.model, self.val_set, self.preprocessing, **kw)
-        row: dict[str, Any] = {"val_loss": res.loss, "val_acc": res.top1, "val_top5": res.top5}
+        row: dict[str, Any] = {"val_loss": res.loss, "val_acc": res.top1, "val_top5": res.top5,
+                               "val_count": res.count}
         best_model, best_acc, best_is_ema = self.model, res.top1, False
         if self.ema is not None:
             ema_res = evaluate(self.ema.module, self.val_set, self.preprocessing, **kw)
@@ -686,5 +786,21 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def train(config: TrainConfig) -> TrainResult:
-    """Train as ``config`` says and return the result (see :class:`Trainer`)."""
-    return Trainer(config).fit()
+    """Train as ``config`` says and return the result (see :class:`Trainer`).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) this joins the process group (NCCL on GPUs,
+    gloo on CPUs) and trains with DistributedDataParallel; only rank 0 writes files.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Trainer(config).fit()
+    rank = int(os.environ["RANK"])
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        device = resolve_device(config.device, int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return Trainer(config, rank=rank, world_size=world_size).fit()
+    finally:
+        if owns_group:
+            dist.destroy_process_group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import io
 import json
 import sys
@@ -42,6 +43,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
     p.add_argument("--stop-after-epoch", type=int, help="stop resumably after this epoch")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when present, else the CPU")
+    p.add_argument("--accum-steps", type=int, default=1,
+                   help="gradient accumulation: micro-batches per optimizer step")
+    d = p.add_argument_group("distributed (PyTorch DDP launched with torchrun)")
+    d.add_argument("--nproc-per-node", type=int, help="processes on this machine (one per GPU)")
+    d.add_argument("--nnodes", help="number of machines (torchrun --nnodes, e.g. 2 or 1:4)")
+    d.add_argument("--node-rank", type=int, help="this machine's rank (static rendezvous)")
+    d.add_argument("--rdzv-endpoint", help="host:port of the rendezvous (multi-machine)")
+    d.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     add_model_options(p)
     p.set_defaults(func=_train)
 
@@ -81,6 +92,7 @@ def _config_from_args(args: argparse.Namespace):
             "ema", "weight_decay", "erasing", "image_size", "val_fraction", "max_steps",
             "stop_after_epoch")
     given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    given.update(device=args.device, accum_steps=args.accum_steps, sync_bn=args.sync_bn)
     if given.get("ema") == 0:
         given["ema"] = None
     return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
@@ -89,16 +101,56 @@ def _config_from_args(args: argparse.Namespace):
                        resume=args.resume, **given)
 
 
+_LAUNCHER_FLAGS = {"--nproc-per-node": True, "--nnodes": True, "--node-rank": True, "--rdzv-endpoint": True}
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this very command under torchrun with ``--nproc-per-node`` processes."""
+    from torch.distributed.run import main as torchrun
+
+    if args.nproc_per_node < 1:
+        raise MobilenetsError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    rest, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+            continue
+        flag = a.split("=", 1)[0]
+        if flag in _LAUNCHER_FLAGS:
+            skip = "=" not in a
+            continue
+        rest.append(a)
+    launch = ["--nproc-per-node", str(args.nproc_per_node)]
+    if args.nnodes:
+        launch += ["--nnodes", str(args.nnodes)]
+        if args.rdzv_endpoint:
+            launch += ["--rdzv-backend", "c10d", "--rdzv-endpoint", args.rdzv_endpoint, "--rdzv-id", "mobilenets"]
+        if args.node_rank is not None:
+            launch += ["--node-rank", str(args.node_rank)]
+    else:
+        launch += ["--standalone"]
+    try:
+        torchrun(launch + ["-m", "mobilenets", *rest])
+    except Exception as e:  # noqa: BLE001 - torchrun raises ChildFailedError with the worker's log
+        raise MobilenetsError("distributed training failed: a worker stopped with an error (printed "
+                              "above) and torchrun ended the others; the last good checkpoint in "
+                              f"{args.out} is intact") from e
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainingInterrupted, train
 
+    if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
+        return _launch_torchrun(args)
     try:
         result = train(_config_from_args(args))
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 130
-    print(f"done: {result.epochs_done} epochs in {result.seconds / 60:.1f} min; final top-1 "
-          f"{result.final_acc:.4f}, best {result.best_acc:.4f}; checkpoints in {result.run_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"done: {result.epochs_done} epochs in {result.seconds / 60:.1f} min; final top-1 "
+              f"{result.final_acc:.4f}, best {result.best_acc:.4f}; checkpoints in {result.run_dir}")
     return 0
 
 
