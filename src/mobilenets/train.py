@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import math
 import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -100,6 +102,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimizer step
     sync_bn: bool = False  # SyncBatchNorm across processes (distributed runs)
+    strict: bool = False  # image folders: unreadable files are an error instead of skipped
     channels_last: bool = True
     resume: bool = False
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
@@ -147,6 +150,7 @@ class TrainResult:
     epochs_done: int
     history: list[dict[str, Any]]
     seconds: float
+    precision: str = "fp32"  # what ran: fp32, bf16 or fp16
 
 
 class TrainingInterrupted(MobilenetsError):
@@ -328,8 +332,16 @@ def _iterate_lists(dataset, batches: list[torch.Tensor], workers: int
     from torch.utils.data import DataLoader
 
     loader = DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers)
-    for images, labels in loader:
-        yield images, torch.as_tensor(labels, dtype=torch.int64)
+    try:
+        for images, labels in loader:
+            yield images, torch.as_tensor(labels, dtype=torch.int64)
+    except MobilenetsError as e:
+        # A worker's error arrives as "Caught MobilenetsError in DataLoader worker ...
+        # Original Traceback ...": keep the worker's own one-line message for the CLI.
+        text = str(e)
+        if text.startswith("Caught ") and "MobilenetsError: " in text:
+            raise MobilenetsError(text.rsplit("MobilenetsError: ", 1)[1].strip()) from e
+        raise
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -362,7 +374,7 @@ class Trainer:
         # fp16 needs loss scaling against underflow; bf16 and fp32 do not (scaler disabled).
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
-        folder_kwargs: dict[str, Any] = {"seed": cfg.seed}  # only image folders use these
+        folder_kwargs: dict[str, Any] = {"seed": cfg.seed, "strict": cfg.strict}  # only image folders use these
         if cfg.image_size:
             folder_kwargs["image_size"] = cfg.image_size
         self.train_set = load_dataset(cfg.data, "train", **folder_kwargs)
@@ -370,7 +382,7 @@ class Trainer:
             self.train_set, self.val_set = _holdout(self.train_set, cfg.val_fraction, cfg.seed)
         else:
             self.val_set = load_dataset(cfg.data, "val", seed=cfg.seed, image_size=self.train_set.image_size,
-                                        channels=self.train_set.channels)
+                                        channels=self.train_set.channels, strict=cfg.strict)
         if list(self.val_set.classes) != list(self.train_set.classes):
             raise MobilenetsError(f"{cfg.data}: validation classes differ from training classes")
         self.classes = list(self.train_set.classes)
@@ -422,6 +434,10 @@ class Trainer:
         if cfg.max_steps:
             self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps)
         self.epoch, self.step_in_epoch = 0, 0
+        # Sums of the epoch so far (global over ranks) when stopped mid-epoch, so that the
+        # resumed epoch reports the same train loss/accuracy as an uninterrupted one.
+        self._partial: dict[str, float] | None = None
+        self._interrupted = lambda: False  # set by fit() while its signal handlers are in place
         self.history: list[dict[str, Any]] = []
         self.best_acc = -1.0
         if cfg.resume:
@@ -474,7 +490,8 @@ class Trainer:
                 tensors[f"train/ema/{k}"] = v
             tensors["train/ema_n_averaged"] = self.ema.n_averaged
         state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "best_acc": self.best_acc,
-                 "history": self.history, "optimizer": opt_meta}
+                 "history": self.history, "optimizer": opt_meta,
+                 "epoch_partial": self._partial if self.step_in_epoch else None}
         return tensors, state
 
     def save_last(self) -> Path:
@@ -494,23 +511,33 @@ class Trainer:
             raise MobilenetsError(f"{self.run_dir / 'last.safetensors'} has no training state to resume")
         load_state(self.model, {k: v for k, v in tensors.items() if not k.startswith("train/")},
                    source=str(self.run_dir / "last.safetensors"))
-        opt_meta = state["optimizer"]
-        opt_state: dict[int, dict[str, Any]] = {}
-        for k, v in tensors.items():
-            if k.startswith("train/opt/"):
-                pid, name = k[len("train/opt/"):].split("/", 1)
+        try:
+            opt_meta = state["optimizer"]
+            opt_state: dict[int, dict[str, Any]] = {}
+            for k, v in tensors.items():
+                if k.startswith("train/opt/"):
+                    pid, name = k[len("train/opt/"):].split("/", 1)
+                    opt_state.setdefault(int(pid), {})[name] = v
+            for k, v in opt_meta["scalars"].items():
+                pid, name = k.split("/", 1)
                 opt_state.setdefault(int(pid), {})[name] = v
-        for k, v in opt_meta["scalars"].items():
-            pid, name = k.split("/", 1)
-            opt_state.setdefault(int(pid), {})[name] = v
-        self.optimizer.load_state_dict({"state": opt_state, "param_groups": opt_meta["param_groups"]})
-        if self.ema is not None:
-            ema_sd = {k[len("train/ema/"):]: v for k, v in tensors.items() if k.startswith("train/ema/")}
-            self.ema.module.load_state_dict(ema_sd)
-            self.ema.n_averaged.copy_(tensors["train/ema_n_averaged"])
-        self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        self.best_acc = float(state["best_acc"])
-        self.history = list(state["history"])
+            self.optimizer.load_state_dict({"state": opt_state, "param_groups": opt_meta["param_groups"]})
+            if self.ema is not None:
+                ema_sd = {k[len("train/ema/"):]: v for k, v in tensors.items() if k.startswith("train/ema/")}
+                self.ema.module.load_state_dict(ema_sd)
+                self.ema.n_averaged.copy_(tensors["train/ema_n_averaged"])
+            self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+            self.best_acc = float(state["best_acc"])
+            self.history = list(state["history"])
+            partial = state.get("epoch_partial")
+            self._partial = {k: float(partial[k]) for k in ("loss_sum", "correct", "seen", "seconds")} \
+                if partial else None
+        except MobilenetsError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+            raise MobilenetsError(f"{self.run_dir / 'last.safetensors'}: the training state is corrupt or "
+                                  f"from another configuration ({type(e).__name__}: {e}); start a new "
+                                  "run without --resume") from e
 
     # ---- the loop
     def _augment(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -561,6 +588,11 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
         seen, t0, lr = 0, time.perf_counter(), 0.0
+        if self.step_in_epoch and self._partial and self.is_main:  # resumed mid-epoch
+            loss_sum += self._partial["loss_sum"]
+            correct += int(self._partial["correct"])
+            seen, t0 = int(self._partial["seen"]), t0 - self._partial["seconds"]
+        self._partial = None
         accum = cfg.accum_steps
         batches = _iterate_lists(self.train_set, [idx for _, _, idx in plan], cfg.workers)
         for (step, shard, _), (images, labels) in zip(plan, batches):
@@ -595,6 +627,16 @@ class Trainer:
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{float(loss_sum) / seen:.3f}", acc=f"{int(correct) / seen:.3f}",
                                 img_s=f"{seen * self.world_size / max(elapsed, 1e-9):.0f}", lr=f"{lr:.3g}")
+            # Ctrl-C/SIGTERM: stop on a step boundary (the last step's stop is the epoch's).
+            if a == accum - 1 and step + 1 < self.steps_per_epoch and self._stop_requested():
+                sums = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
+                if self.world_size > 1:
+                    sums = sums.to(self.device)
+                    dist.all_reduce(sums)
+                    sums = sums.cpu()
+                self._partial = {"loss_sum": float(sums[0]), "correct": int(sums[1].round()),
+                                 "seen": int(sums[2].round()), "seconds": time.perf_counter() - t0}
+                raise KeyboardInterrupt
         self.step_in_epoch = 0
         elapsed = time.perf_counter() - t0
         stats = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen), dtype=torch.float64)])
@@ -606,6 +648,16 @@ class Trainer:
                 "train_acc": float(stats[1] / stats[2].clamp_min(1)),
                 "images_per_sec": float(stats[2]) / max(elapsed, 1e-9), "lr": lr,
                 "train_seconds": elapsed}
+
+    def _stop_requested(self) -> bool:
+        """Whether Ctrl-C/SIGTERM asked to stop, agreed by all ranks (one all-reduced flag),
+        so that every process stops after the same step."""
+        flag = bool(self._interrupted())
+        if self.world_size > 1:
+            t = torch.tensor([int(flag)], device=self.device)
+            dist.all_reduce(t)
+            flag = bool(t.item())
+        return flag
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Stop every rank together when any rank's loss is NaN/inf (no rank left waiting)."""
@@ -623,11 +675,19 @@ class Trainer:
     def fit(self) -> TrainResult:
         cfg = self.cfg
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a parent is a file, read-only file system, ...
+                raise MobilenetsError(f"cannot create the output directory {self.run_dir}: "
+                                      f"{e.strerror or e}; choose another --out") from e
             _check_writable(self.run_dir)
+            for stale in self.run_dir.glob(".*.tmp"):  # left by a process killed mid-write
+                stale.unlink(missing_ok=True)
             if not cfg.resume:  # a fresh run: new metrics; old checkpoints stay until replaced
                 for name in ("metrics.jsonl", "metrics.csv"):
                     (self.run_dir / name).unlink(missing_ok=True)
+            else:  # a run killed between its metrics and its checkpoint logged an epoch twice
+                self._rewrite_metrics()
             saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size}
             atomic_write_bytes(self.run_dir / "config.json", json.dumps(saved, indent=2).encode())
         show_bar = self.is_main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
@@ -639,6 +699,7 @@ class Trainer:
                   + (f" (resuming at epoch {self.epoch + 1})" if cfg.resume else ""))
         t_start = time.perf_counter()
         with _interrupt_guard() as interrupted:
+            self._interrupted = interrupted
             try:
                 while self.epoch < cfg.epochs:
                     epoch = self.epoch
@@ -660,12 +721,20 @@ class Trainer:
                     self.history.append(row)
                     if self.is_main:
                         self._record(row)
-                    if interrupted():
+                    if self._stop_requested():
                         raise KeyboardInterrupt
                     if cfg.stop_after_epoch is not None and self.epoch >= cfg.stop_after_epoch \
                             and self.epoch < cfg.epochs:
                         self._log(f"stopped after epoch {self.epoch} as asked; resume with --resume")
                         break
+            except _Abort:
+                if self.is_main:
+                    last = self.run_dir / "last.safetensors"
+                    kept = f"the last checkpoint {last} is kept" if last.is_file() else "nothing was saved"
+                    raise TrainingInterrupted(
+                        f"aborted at epoch {self.epoch + 1} without saving (second interrupt); {kept}. "
+                        f"Resume with: mobilenets train --out {self.run_dir} --resume") from None
+                raise
             except KeyboardInterrupt:
                 if self.is_main:
                     path = self.save_last()
@@ -676,7 +745,7 @@ class Trainer:
         last = self.history[-1] if self.history else {}
         final = max(last.get("val_acc", 0.0), last.get("ema_val_acc") or 0.0)
         return TrainResult(self.run_dir, final, self.best_acc, self.epoch, self.history,
-                           time.perf_counter() - t_start)
+                           time.perf_counter() - t_start, self.precision)
 
     def _validate(self) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -698,22 +767,29 @@ class Trainer:
         return row
 
     def _record(self, row: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-        csv_path = self.run_dir / "metrics.csv"
-        keys = list(row)
-        new = not csv_path.is_file()
-        with open(csv_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+        self._rewrite_metrics()
         self.save_last()
-        plot_curves(self.history, self.run_dir / "curves.png")
+        try:
+            plot_curves(self.history, self.run_dir / "curves.png")
+        except OSError as e:  # a plot is not worth stopping for; a full disk stops the next save
+            warnings.warn(f"could not write {self.run_dir / 'curves.png'}: {e.strerror or e}", stacklevel=2)
         ema = f", EMA {row['ema_val_acc']:.4f}" if "ema_val_acc" in row else ""
         self._log(f"epoch {row['epoch']}/{self.cfg.epochs}: train loss {row['train_loss']:.4f} "
                   f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} top-1 {row['val_acc']:.4f}"
                   f"{ema} | {row['images_per_sec']:.0f} img/s | {row['elapsed_seconds'] / 60:.1f} min")
+
+    def _rewrite_metrics(self) -> None:
+        """metrics.jsonl and metrics.csv from the history, written whole and atomically: a
+        full disk is a clear error, and a run killed between writing its metrics and its
+        checkpoint cannot leave an epoch logged twice after --resume (history is the truth)."""
+        jsonl = "".join(json.dumps(row) + "\n" for row in self.history)
+        atomic_write_bytes(self.run_dir / "metrics.jsonl", jsonl.encode())
+        buf = io.StringIO(newline="")
+        if self.history:
+            writer = csv.DictWriter(buf, fieldnames=list(self.history[0]), extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.history)
+        atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())
 
     def _log(self, message: str) -> None:
         if self.is_main:
@@ -740,24 +816,37 @@ def _check_writable(directory: Path) -> None:
         raise MobilenetsError(f"output directory {directory} is not writable: {e.strerror or e}") from e
 
 
+class _Abort(KeyboardInterrupt):
+    """A second Ctrl-C/SIGTERM: stop at once, without saving (the state may be mid-update)."""
+
+
 class _interrupt_guard:
-    """Turns SIGTERM into KeyboardInterrupt while training, so both save and exit cleanly."""
+    """SIGTERM and Ctrl-C while training only set a flag; the loop stops at the next step
+    boundary and saves there. Raising at an arbitrary point (the default for Ctrl-C) could
+    save weights updated by step k together with a counter saying step k is still to do,
+    or half-updated weights, and the resumed run would no longer be exact. A second signal
+    aborts at once without saving (the last checkpoint is kept)."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __enter__(self):
         self._flag = False
-        self._old = None
+        self._old: dict[int, Any] = {}
         try:
-            self._old = signal.signal(signal.SIGTERM, self._handler)
-        except ValueError:  # not in the main thread
-            self._old = None
+            for s in self._SIGNALS:
+                self._old[s] = signal.signal(s, self._handler)
+        except ValueError:  # not in the main thread: leave the default behaviour
+            pass
         return lambda: self._flag
 
     def _handler(self, signum, frame):
-        raise KeyboardInterrupt
+        if self._flag:
+            raise _Abort
+        self._flag = True
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
         return False
 
 

@@ -1,0 +1,89 @@
+"""Fashion-MNIST test accuracy from scratch on this machine's CPU, model by model.
+
+Each model trains with the ``small-images`` recipe (or the options given) for a fixed
+number of epochs; after every epoch the full 10,000-image test set is evaluated. Recorded
+per model: the test top-1 of the last epoch (the number to quote: no model selection on
+the test set), the best epoch, minutes of training (evaluation excluded), the minutes at
+which 93% was first reached, parameters and MAdds at 28×28.
+
+Writes ``benchmarks/results/fmnist.json`` (merged with earlier results, keyed by run name)
+and prints a Markdown table.
+
+    python benchmarks/train_fmnist.py --models mobilenet_v3_small --epochs 10
+    python benchmarks/train_fmnist.py --models mobilenet_v2 --epochs 8 --width-mult 0.5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import mobilenets
+from mobilenets.profile import profile
+from mobilenets.train import TrainConfig, train
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def run(name: str, args: argparse.Namespace) -> dict:
+    kwargs = {"width_mult": args.width_mult} if args.width_mult else {}
+    tag = f"{name}" + (f"_w{args.width_mult}" if args.width_mult else "") + f"_e{args.epochs}" + \
+        (f"_{args.tag}" if args.tag else "")
+    cfg = TrainConfig(model=name, model_kwargs=kwargs, data=args.data, out=str(Path(args.runs) / tag),
+                      recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      ema=args.ema, precision=args.precision, seed=args.seed, progress=False)
+    t0 = time.time()
+    result = train(cfg)
+    hist = result.history
+    train_minutes = [sum(h["train_seconds"] for h in hist[:i + 1]) / 60 for i in range(len(hist))]
+    accs = [max(h["val_acc"], h.get("ema_val_acc") or 0) for h in hist]
+    reach93 = next((m for m, a in zip(train_minutes, accs) if a >= 0.93), None)
+    model = mobilenets.create_model(name, num_classes=10, in_chans=1, small_input=True, **kwargs)
+    prof = profile(model, 28)
+    return {"run": tag, "model": name, "model_kwargs": kwargs, "recipe": args.recipe,
+            "epochs": args.epochs, "final_top1": accs[-1], "best_top1": max(accs),
+            "best_epoch": accs.index(max(accs)) + 1, "train_minutes": train_minutes[-1],
+            "wall_minutes": (time.time() - t0) / 60, "minutes_to_93": reach93,
+            "per_epoch_top1": accs, "params": prof.params, "madds_28px": prof.madds,
+            "images_per_sec": sum(h["images_per_sec"] for h in hist) / len(hist),
+            "precision": result.precision, "threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="mobilenet_v3_small")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--width-mult", type=float)
+    p.add_argument("--recipe", default="small-images")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--ema", type=float)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--runs", default="runs/bench-fmnist")
+    p.add_argument("--tag", default="")
+    p.add_argument("--out", default=str(RESULTS / "fmnist.json"))
+    args = p.parse_args()
+
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    for name in args.models.split(","):
+        row = run(name, args)
+        results[row["run"]] = row
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+    print("| run | test top-1 (last epoch) | best epoch | params | MAdds @28 | train min | min to 93% |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results.values():
+        t93 = f"{r['minutes_to_93']:.1f}" if r["minutes_to_93"] is not None else "–"
+        print(f"| `{r['run']}` | {r['final_top1'] * 100:.2f}% | {r['best_top1'] * 100:.2f}% (ep {r['best_epoch']}) | "
+              f"{r['params']:,} | {r['madds_28px'] / 1e6:.1f} M | {r['train_minutes']:.1f} | {t93} |")
+
+
+if __name__ == "__main__":
+    main()
