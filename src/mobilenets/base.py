@@ -75,6 +75,9 @@ class MobileNet(nn.Module):
 
     def _init_weights(self) -> None:
         # torchvision's initialisation for all three versions.
+        if any(p.is_meta for p in self.parameters()):
+            return  # a shape-only skeleton (checkpoint checks): nothing to initialise, and
+            # normal_ on the meta device would import sympy/dynamo (2 s) for nothing
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

@@ -10,7 +10,9 @@ a crash or a full disk never leaves a half-written checkpoint in place of a good
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -20,8 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
-from .errors import MobilenetsError
-from .registry import create_model, list_models
+from .errors import MobilenetsError, did_you_mean
+from .registry import create_model, list_models, model_options
 
 META_KEY = "mobilenets"
 FORMAT_VERSION = 1
@@ -44,8 +46,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
+        hint = "; free some disk space and try again" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         raise MobilenetsError(f"could not save {path}: {e.strerror or e} "
-                              "(the previous file, if any, is unchanged)") from e
+                              f"(the previous file, if any, is unchanged){hint}") from e
 
 
 def state_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> bytes:
@@ -87,7 +90,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError, TypeError, MemoryError) as e:
         raise MobilenetsError(f"{path} is not a readable safetensors checkpoint "
                               f"(truncated or corrupt?): {e}") from e
     if META_KEY not in header:
@@ -95,27 +98,132 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
                               "with `mobilenets convert`")
     try:
         meta = json.loads(header[META_KEY])
-    except json.JSONDecodeError as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, over-long ints, deep nesting
         raise MobilenetsError(f"{path}: corrupt metadata ({e})") from e
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), str) \
             or not isinstance(meta.get("model_kwargs", {}), dict):
         raise MobilenetsError(f"{path}: metadata lacks a model name and options")
     if meta["model"] not in list_models():
-        raise MobilenetsError(f"{path}: unknown model {meta['model']!r} in metadata")
+        raise MobilenetsError(f"{path}: unknown model {_short(meta['model'])} in metadata; "
+                              f"known models: {', '.join(list_models())}")
+    _check_meta_fields(meta, path)
     return tensors, meta
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` cut to ``limit`` characters: metadata values can be arbitrarily long."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _is_number(value: Any) -> bool:
+    """A finite int or float, not a bool (JSON ints can exceed any float: 10**400)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return abs(value) < 1e300 if isinstance(value, int) else math.isfinite(value)
+
+
+def _check_meta_fields(meta: dict[str, Any], path: Path) -> None:
+    """Reject metadata whose ``classes`` or ``preprocessing`` would break a later step
+    (evaluation, prediction, export) with an obscure error: the file is corrupt or foreign."""
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
+        raise MobilenetsError(f"{path}: metadata 'classes' must be a list of names, got {_short(classes)}")
+    pre = meta.get("preprocessing")
+    if pre is None:
+        return
+    problem = None
+    if not isinstance(pre, dict):
+        problem = f"must be a mapping, got {_short(pre)}"
+    else:
+        for key, hi in (("input_size", 16384), ("channels", 4096)):
+            v = pre.get(key, 1)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+                problem = f"{key} must be an integer in 1..{hi}, got {_short(v)}"
+        for key in ("mean", "std"):
+            v = pre.get(key, [1.0])
+            if not isinstance(v, list) or not v or not all(_is_number(x) for x in v) \
+                    or (key == "std" and any(x == 0 for x in v)) \
+                    or ("channels" in pre and len(v) != pre["channels"]):
+                problem = f"{key} must be one finite number per channel (std non-zero), got {_short(v)}"
+    if problem:
+        raise MobilenetsError(f"{path}: metadata preprocessing {problem}")
+
+
+#: Bounds on numeric model options read from a file: far beyond any real network, tight
+#: enough that a corrupt or hostile file cannot make us allocate terabytes (or build for
+#: minutes) before the tensor shapes are compared.
+_OPTION_LIMITS: dict[str, tuple[float, float]] = {
+    "num_classes": (0, 1_000_000), "in_chans": (1, 4096), "width_mult": (1e-3, 16.0),
+    "depth_multiplier": (1, 64), "stem_channels": (1, 16384), "dropout": (0.0, 1.0),
+    "bn_eps": (0.0, 1.0), "bn_momentum": (0.0, 1.0)}
+
+
+def check_model_kwargs(name: str, kwargs: dict[str, Any], source: str) -> None:
+    """Model options from a file's metadata: known names, the types of their defaults and
+    sane ranges, so that untrusted metadata fails with one clear error."""
+    options = model_options(name)
+    for key, value in kwargs.items():
+        if key not in options:
+            raise MobilenetsError(f"{source}: metadata has option {_short(key)}, which {name} does not "
+                                  f"take{did_you_mean(str(key), options)}; the file is corrupt or foreign")
+        default = options[key].default
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = _is_number(value)
+        elif isinstance(default, str):
+            ok = isinstance(value, str)
+        else:  # None defaults: stem_channels (int), project_act (str)
+            ok = value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        lo, hi = _OPTION_LIMITS.get(key, (-math.inf, math.inf))
+        if ok and _is_number(value):
+            ok = lo <= value <= hi
+        if not ok:
+            raise MobilenetsError(f"{source}: metadata option {key}={_short(value)} is invalid for {name}; "
+                                  "the file is corrupt or was not written by mobilenets")
 
 
 def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (strictly)."""
     tensors, meta = read_checkpoint(path)
-    model = create_model(meta["model"], **meta.get("model_kwargs", {}))
+    model = build_checked(meta["model"], meta.get("model_kwargs", {}), tensors, source=str(path))
     load_state(model, tensors, source=str(path))
     model.eval()
     return model, meta
 
 
+def build_checked(name: str, kwargs: dict[str, Any], tensors: dict[str, torch.Tensor],
+                  source: str) -> torch.nn.Module:
+    """The model that untrusted metadata describes, built only once its tensor shapes are
+    known to match ``tensors``: a skeleton on the ``meta`` device (no memory) is compared
+    first, so odd options fail with one clear error instead of a huge allocation."""
+    check_model_kwargs(name, kwargs, source)
+    try:
+        with torch.device("meta"):
+            skeleton = create_model(name, **kwargs)
+    except MobilenetsError as e:
+        raise MobilenetsError(f"{source}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - any failure means the options do not build a model
+        raise MobilenetsError(f"{source}: metadata options {_short(kwargs, 200)} do not build "
+                              f"{name}: {e}") from e
+    _check_fit(skeleton, tensors, source)
+    return create_model(name, **kwargs)
+
+
 def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict`` with one clear error naming the first offending tensors."""
+    _check_fit(model, tensors, source)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:  # e.g. a tensor of a dtype that cannot be copied (complex)
+        raise MobilenetsError(f"{source} does not fit {getattr(model, 'model_name', 'the model')}: {e}") from e
+
+
+def _check_fit(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Names, then shapes, of ``tensors`` against ``model``'s state dict."""
     own = model.state_dict()
     missing = [k for k in own if k not in tensors]
     extra = [k for k in tensors if k not in own]
@@ -131,4 +239,3 @@ def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source:
     if problems:
         raise MobilenetsError(f"{source} does not fit {getattr(model, 'model_name', 'the model')}: "
                               + "; ".join(problems))
-    model.load_state_dict(tensors)

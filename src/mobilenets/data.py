@@ -12,6 +12,18 @@ Image conversion (``load_image``), for folders and ``mobilenets predict``:
 * transparent images (``RGBA``, ``LA``, palette with transparency) are composited on white;
 * 1-channel models receive luminance (``L``), 3-channel models RGB (grayscale repeated).
 
+Bad input in image folders:
+
+* files that are not images or cannot be decoded (corrupt, truncated) are skipped with one
+  warning that counts them, or are an error naming the first one with ``strict=True``
+  (``--strict``). Small-image folders (materialised) decode every file up front; for large
+  ("photo") folders every file's header is opened at scan time (cheap, no decoding), and a
+  file whose header is fine but whose data is broken stops training or evaluation with an
+  error naming it when it is first decoded;
+* images smaller than the crop (``image_size``) are upscaled (bilinear) and counted in a
+  warning, never refused: a few small photos in a folder are common and harmless, and
+  ``mobilenets predict`` treats any size the same way.
+
 Nothing here downloads: a dataset name looks in the usual system locations, a path is
 read as given.
 """
@@ -19,10 +31,12 @@ read as given.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import pickle
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +111,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raw = path.read_bytes()
         if raw[:2] == b"\x1f\x8b":
             raw = gzip.decompress(raw)
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise MobilenetsError(f"cannot read IDX file {path}: {e}") from e
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise MobilenetsError(f"{path} is not an IDX file (bad magic number)")
@@ -106,7 +120,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise MobilenetsError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
     dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: no int64 overflow
     body = raw[4 + 4 * ndim:]
     if len(body) != expected:
         raise MobilenetsError(f"{path}: IDX header promises {shape} ({expected} bytes) but the "
@@ -133,14 +147,26 @@ def load_idx_dir(directory: str | os.PathLike, split: str, classes: list[str] | 
         raise MobilenetsError(f"no {prefix}-images-idx3-ubyte[.gz] / {prefix}-labels-idx1-ubyte[.gz] "
                               f"in {directory}")
     images, labels = read_idx(found[0]), read_idx(found[1])
-    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1:
-        raise MobilenetsError(f"{found[0]}: expected uint8 images (N, H, W) and labels (N,), got "
-                              f"{images.dtype} {images.shape} and {labels.shape}")
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise MobilenetsError(f"{found[0]}: expected uint8 images (N, H, W) and integer labels (N,), got "
+                              f"{images.dtype} {images.shape} and {labels.dtype} {labels.shape}")
+    _check_labels(labels, found[1])
     n_classes = int(labels.max()) + 1 if len(labels) else 0
     if classes is None:
         classes = FASHION_MNIST_CLASSES if "fashion" in str(directory).lower() else [str(i) for i in range(max(n_classes, 1))]
     return TensorImages(torch.from_numpy(images.copy()).unsqueeze(1),
                         torch.from_numpy(labels.astype(np.int64)), list(classes), str(directory))
+
+
+#: More classes than any real dataset: a corrupt label file must not make us build a list
+#: of billions of class names.
+MAX_CLASSES = 100_000
+
+
+def _check_labels(labels: np.ndarray, source: Path) -> None:
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= MAX_CLASSES):
+        raise MobilenetsError(f"{source}: labels must be in 0..{MAX_CLASSES - 1}, found "
+                              f"{int(labels.min())}..{int(labels.max())} (corrupt file?)")
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -194,19 +220,25 @@ def load_cifar_dir(directory: str | os.PathLike, split: str) -> TensorImages:
         data, lab = (_key(d, "data"), _key(d, label_key)) if isinstance(d, dict) else (None, None)
         if data is None or lab is None:
             raise MobilenetsError(f"{f}: not a CIFAR batch (needs 'data' and '{label_key}')")
-        data = np.asarray(data)
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(lab) != len(data):
+        try:  # a corrupt batch may hold anything under these keys
+            data, lab = np.asarray(data), np.asarray(lab, dtype=np.int64)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise MobilenetsError(f"{f}: not a CIFAR batch ({e})") from e
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1:] != (3072,) or lab.shape != (len(data),):
             raise MobilenetsError(f"{f}: expected uint8 data (N, 3072) and N labels, got "
-                                  f"{data.dtype} {data.shape} and {len(lab)} labels")
+                                  f"{data.dtype} {data.shape} and labels {lab.shape}")
+        _check_labels(lab, f)
         images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(lab, dtype=np.int64))
+        labels.append(lab)
     labels_all = np.concatenate(labels)
+    if not len(labels_all):
+        raise MobilenetsError(f"no images in the CIFAR {split} batches of {directory}")
     classes = None
     if meta_file.is_file():
         meta = safe_unpickle(meta_file)
         names = _key(meta, names_key) if isinstance(meta, dict) else None
-        if names is not None:
-            classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        if isinstance(names, (list, tuple)):
+            classes = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
     if classes is None:
         classes = [str(i) for i in range(int(labels_all.max()) + 1)]
     return TensorImages(torch.from_numpy(np.concatenate(images)), torch.from_numpy(labels_all),
@@ -222,8 +254,19 @@ def load_image(path: str | os.PathLike, channels: int) -> "PIL.Image.Image":  # 
     try:
         with Image.open(path) as img:
             img.load()
+        return _convert_mode(img, channels)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise MobilenetsError(f"cannot read image {path}: {e}") from e
+        raise MobilenetsError(f"cannot read image {path}: {e}; remove or replace the file") from e
+    except Exception as e:  # noqa: BLE001 - decoders of corrupt files raise many types (struct.error,
+        # IndexError, DecompressionBombError, ...): all mean "not a usable image"
+        raise MobilenetsError(f"cannot read image {path}: {type(e).__name__}: {e}; "
+                              "remove or replace the file") from e
+
+
+def _convert_mode(img, channels: int):
+    """A loaded PIL image in ``L`` or ``RGB``, following the rules in the module docstring."""
+    from PIL import Image
+
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.int64)
         if img.mode == "I":
@@ -338,7 +381,7 @@ def _probe_images(files: list[Path], n: int = 32) -> tuple[int, int]:
             with Image.open(p) as img:
                 gray &= img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
                 sizes.append(min(img.size))
-        except (OSError, ValueError, SyntaxError):
+        except Exception:  # noqa: BLE001 - unreadable files are counted later, not here
             continue
     if not sizes:
         raise MobilenetsError(f"none of the first {min(n, len(files))} files could be read as images "
@@ -348,12 +391,13 @@ def _probe_images(files: list[Path], n: int = 32) -> tuple[int, int]:
 
 def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | None = None,
                       channels: int | None = None, val_fraction: float = 0.1, seed: int = 0,
-                      classes: list[str] | None = None) -> Dataset:
+                      classes: list[str] | None = None, strict: bool = False) -> Dataset:
     """An image-folder dataset; uses ``root/train`` and ``root/val`` (or ``test``) if present,
     otherwise holds out ``val_fraction`` of each class (seeded) for validation.
 
     Images of 64 px or less are loaded into memory (and augmented like CIFAR); larger ones
-    are decoded lazily with a random-resized crop for training.
+    are decoded lazily with a random-resized crop for training. Unreadable files are skipped
+    with a warning, or are an error with ``strict`` (see the module docstring).
     """
     root = Path(root)
     sub = {"train": ["train"], "val": ["val", "valid", "validation", "test"],
@@ -390,24 +434,59 @@ def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | 
     ds = ImageFolder(files, labels, found_classes, image_size, channels, train=split == "train",
                      source=str(root), kind="photo" if image_size > 64 else "small", seed=seed)
     if image_size <= 64:
-        return _materialize(ds)
+        return _materialize(ds, strict)
+    return _check_headers(ds, strict)
+
+
+def _report(bad: list[str], small: int, ds: ImageFolder, strict: bool) -> None:
+    """One warning (or, ``strict``, one error) for unreadable files; one for small images."""
+    if bad and strict:
+        raise MobilenetsError(f"{len(bad)} unreadable image file(s) in {ds.source}, e.g. {bad[0]}; "
+                              "remove them, or leave out --strict to skip them")
+    if bad:
+        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {ds.source}, e.g. {bad[0]} "
+                      "(--strict makes this an error)", stacklevel=3)
+    if small:
+        warnings.warn(f"{small} image(s) in {ds.source} are smaller than {ds.image_size} px and are "
+                      "upscaled", stacklevel=3)
+
+
+def _check_headers(ds: ImageFolder, strict: bool) -> ImageFolder:
+    """Open every file's header (no decoding, well under a millisecond each) so that files
+    that are not images are skipped or refused now, not in the middle of an epoch."""
+    from PIL import Image
+
+    files, labels, bad, small = [], [], [], 0
+    for path, label in zip(ds.files, ds.labels):
+        try:
+            with Image.open(path) as img:
+                size = min(img.size)
+        except Exception as e:  # noqa: BLE001 - whatever the reason, this file is unusable
+            bad.append(f"cannot read image {path}: {e}")
+            continue
+        small += size < ds.image_size
+        files.append(path)
+        labels.append(label)
+    _report(bad, small, ds, strict)
+    if not files:
+        raise MobilenetsError(f"no readable images in {ds.source}")
+    ds.files, ds.labels = files, labels
     return ds
 
 
-def _materialize(ds: ImageFolder) -> TensorImages:
+def _materialize(ds: ImageFolder, strict: bool = False) -> TensorImages:
     """Decode a small-image folder once into memory, skipping unreadable files with a count."""
-    images, labels, bad = [], [], []
+    images, labels, bad, small = [], [], [], 0
     for i in range(len(ds)):
         try:
-            img = resize_center_crop(load_image(ds.files[i], ds.channels), ds.image_size)
+            img = load_image(ds.files[i], ds.channels)
         except MobilenetsError as e:
             bad.append(str(e))
             continue
-        images.append(to_uint8_tensor(img))
+        small += min(img.size) < ds.image_size
+        images.append(to_uint8_tensor(resize_center_crop(img, ds.image_size)))
         labels.append(ds.labels[i])
-    if bad:
-        warnings.warn(f"skipped {len(bad)} unreadable image(s) in {ds.source}, e.g. {bad[0]}",
-                      stacklevel=2)
+    _report(bad, small, ds, strict)
     if not images:
         raise MobilenetsError(f"no readable images in {ds.source}")
     return TensorImages(torch.stack(images), torch.tensor(labels, dtype=torch.int64), ds.classes,

@@ -49,6 +49,9 @@ def predict_files(model: torch.nn.Module, meta: dict[str, Any], paths: list[str 
     preprocessing = meta.get("preprocessing")
     if not isinstance(preprocessing, dict):
         raise MobilenetsError("the checkpoint has no preprocessing metadata (input size, mean, std)")
+    # Converted checkpoints store no channel count: their model's input channels decide.
+    in_chans = (meta.get("model_kwargs") or {}).get("in_chans", 3)
+    preprocessing = {"channels": in_chans, **preprocessing}
     x = preprocess_images(paths, preprocessing)
     model.eval()
     probs = model(x).softmax(dim=1)

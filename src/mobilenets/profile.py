@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import MobilenetsError
 from .layers import ConvNormAct, SqueezeExcite
 
 #: Modules shown as one row of the per-layer table (a ConvNormAct is one paper "layer").
@@ -124,8 +125,13 @@ def profile(model: nn.Module, input_size: int | tuple[int, int] = 224,
     was_training = model.training
     model.eval()
     try:
+        if min(h, w) < 1:
+            raise MobilenetsError(f"resolution must be >= 1 px, got {h}x{w}")
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.zeros(1, in_chans, h, w))
+    except RuntimeError as e:  # e.g. a map smaller than a kernel after the strided layers
+        raise MobilenetsError(f"cannot run {getattr(model, 'model_name', root)} on {in_chans}x{h}x{w} "
+                              f"inputs ({str(e).splitlines()[0]}); use a larger resolution") from e
     finally:
         for hk in hooks:
             hk.remove()

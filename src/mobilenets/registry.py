@@ -99,6 +99,9 @@ def create_model(name: str, *, features_only: bool = False, **kwargs) -> nn.Modu
         if key not in options:
             raise MobilenetsError(f"{name} has no option {key!r}{did_you_mean(key, options)}; "
                                   f"options: {', '.join(options)}")
+    in_chans = kwargs.get("in_chans", 3)
+    if isinstance(in_chans, int) and in_chans < 1:
+        raise MobilenetsError(f"in_chans must be >= 1, got {in_chans}")
     model = _REGISTRY[name](**kwargs)
     model.model_name = name
     model.model_kwargs = dict(kwargs)

@@ -36,6 +36,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="image folders: resize to this size")
     p.add_argument("--val-fraction", type=float, help="hold out this fraction of train for validation")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for image folders")
+    p.add_argument("--strict", action="store_true",
+                   help="image folders: stop at unreadable image files instead of skipping them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="bf16 autocast where the CPU supports it (auto) or forced")
@@ -62,6 +64,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--out", help="directory for confusion.png (default: next to the checkpoint)")
+    p.add_argument("--strict", action="store_true",
+                   help="image folders: stop at unreadable image files instead of skipping them")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_eval)
 
@@ -98,7 +102,7 @@ def _config_from_args(args: argparse.Namespace):
     return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
                        out=args.out, recipe=args.recipe, workers=args.workers, seed=args.seed,
                        precision=args.precision, channels_last=args.channels_last,
-                       resume=args.resume, **given)
+                       resume=args.resume, strict=args.strict, **given)
 
 
 _LAUNCHER_FLAGS = {"--nproc-per-node": True, "--nnodes": True, "--node-rank": True, "--rdzv-endpoint": True}
@@ -141,7 +145,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainingInterrupted, train
 
-    if args.nproc_per_node and "LOCAL_RANK" not in os.environ:
+    if args.nproc_per_node is not None and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args)
     try:
         result = train(_config_from_args(args))
@@ -164,14 +168,24 @@ def _eval(args: argparse.Namespace) -> int:
     if not isinstance(pre, dict):
         raise MobilenetsError(f"{args.checkpoint} has no preprocessing metadata; was it made by "
                               "`mobilenets train`?")
-    ds = load_dataset(args.data, args.split, image_size=pre["input_size"], channels=pre["channels"])
+    # Converted checkpoints store no channel count: their model's input channels decide.
+    pre = {**pre, "channels": pre.get("channels", meta.get("model_kwargs", {}).get("in_chans", 3))}
+    if "input_size" not in pre or "mean" not in pre or "std" not in pre:
+        raise MobilenetsError(f"{args.checkpoint}: preprocessing metadata lacks input_size, mean or std")
+    ds = load_dataset(args.data, args.split, image_size=pre["input_size"], channels=pre["channels"],
+                      strict=args.strict)
     classes = meta.get("classes")
     if classes and len(classes) != len(ds.classes):
         raise MobilenetsError(f"{args.checkpoint} was trained on {len(classes)} classes, "
                               f"{args.data} has {len(ds.classes)}")
+    if getattr(model, "num_classes", len(ds.classes)) != len(ds.classes):  # e.g. converted weights
+        raise MobilenetsError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.data} "
+                              f"has {len(ds.classes)}; evaluate on a dataset with the model's classes")
     if pre["channels"] != ds.channels:
         raise MobilenetsError(f"{args.checkpoint} expects {pre['channels']}-channel images, "
                               f"{args.data} has {ds.channels}")
+    if args.batch_size < 1:
+        raise MobilenetsError(f"--batch-size must be >= 1, got {args.batch_size}")
     res = evaluate(model, ds, pre, batch_size=args.batch_size)
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
     png = plot_confusion(res.confusion, res.classes, out_dir / "confusion.png")
