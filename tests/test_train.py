@@ -163,3 +163,25 @@ def test_image_folder_training(tmp_path):
     result = train(TrainConfig(**{**TINY, "data": str(root), "out": str(tmp_path / "f"), "epochs": 1}))
     _, meta = load_model(result.run_dir / "best.safetensors")
     assert meta["classes"] == ["cat", "dog", "fox"] and meta["preprocessing"]["channels"] == 3
+
+
+def test_demo_command_end_to_end(tmp_path, capsys):
+    data = make_idx_dir(tmp_path / "data", n_train=256, n_test=32)  # one batch of the recipe
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", str(data), "--out", str(out), "--epochs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "test top-1" in text and "(32 images)" in text and "predictions" in text
+    assert (out / "best.safetensors").is_file() and (out / "confusion.png").is_file()
+    assert len(list((out / "samples").glob("*.png"))) == 6
+
+
+def test_checkpoints_get_normal_file_permissions(tmp_path):
+    import os
+
+    from mobilenets import create_model
+    from mobilenets.checkpoint import save_model
+
+    umask = os.umask(0)
+    os.umask(umask)
+    path = save_model(create_model("mobilenet_v3_small", width_mult=0.25, num_classes=2), tmp_path / "m.safetensors")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
