@@ -20,7 +20,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
 #: Modules that add their own sub-commands: each has ``add_commands(subparsers)``, which
 #: registers parsers whose ``set_defaults(func=handler)`` names the handler.
-COMMAND_MODULES: tuple[str, ...] = ("mobilenets.train_cli", "mobilenets.paper_cli")
+COMMAND_MODULES: tuple[str, ...] = ("mobilenets.train_cli", "mobilenets.paper_cli", "mobilenets.deploy_cli")
 
 
 def _command(name: str):

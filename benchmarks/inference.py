@@ -1,0 +1,114 @@
+"""Inference latency of MobileNetV2 and V3-Large on this CPU, every backend side by side.
+
+    .venv/bin/python benchmarks/inference.py            # ~5-10 minutes on 2 cores
+
+For each model at 224×224 and batch sizes 1 and 32, with 2 threads, one run times: eager
+NCHW fp32 (the baseline), the PyTorch inference paths (``channels_last``: BN folded, NHWC,
+``inference_mode``; ``torchscript``: that, traced, frozen and ``optimize_for_inference``;
+``compile``: that through ``torch.compile``), and onnxruntime fp32 and int8. Backends are
+timed in interleaved rounds (:mod:`mobilenets.bench`), so background load hits all alike.
+
+It writes ``benchmarks/results/inference.json`` and prints a Markdown table plus the two
+goals: best PyTorch path >= 2x faster than eager, int8 >= 2x faster than onnxruntime fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import mobilenets
+from mobilenets.bench import BenchReport, benchmark
+
+MODELS = ("mobilenet_v2", "mobilenet_v3_large")
+BACKENDS = ("eager", "channels_last", "torchscript", "compile", "onnxruntime", "onnxruntime-int8")
+FAST_PYTORCH = ("channels_last", "torchscript", "compile")
+GOAL = 2.0
+
+
+def summarize(report: BenchReport, batch: int) -> dict:
+    """Medians of one (model, batch) and the two ratios the goals are about."""
+    results = [r for r in report.results if r.batch == batch]
+    med = {r.backend: r.median_ms for r in results}
+    fast = {b: med[b] for b in FAST_PYTORCH if med.get(b) is not None}
+    best = min(fast, key=fast.get)
+    row = {"model": report.model, "batch": batch, "median_ms": med,
+           "contended": [r.backend for r in results if r.contended_rounds],
+           "best_pytorch": best, "pytorch_speedup": med["eager"] / fast[best]}
+    if med.get("onnxruntime") and med.get("onnxruntime-int8"):
+        row["int8_speedup"] = med["onnxruntime"] / med["onnxruntime-int8"]
+    return row
+
+
+def markdown(rows: list[dict], reports: list[BenchReport]) -> str:
+    def ms(row: dict, backend: str) -> str:
+        v = row["median_ms"].get(backend)
+        mark = "†" if backend in row["contended"] else ""
+        return "n/a" if v is None else f"{v:.1f}{mark}"
+
+    machine = reports[0].machine
+    loads = [r.machine.get(k) for r in reports for k in ("load_average_start", "load_average_end")]
+    load = (f", load average {min(loads):.2f}-{max(loads):.2f}" if None not in loads else "")
+    lines = [f"Median latency in ms, 224×224, {reports[0].threads} threads, {machine['cpu']}, "
+             f"torch {machine['torch']}, onnxruntime {machine.get('onnxruntime')}{load}.", "",
+             "| model | batch | eager NCHW | channels_last | torchscript | compile | "
+             "best PyTorch vs eager | ORT fp32 | ORT int8 | int8 vs ORT fp32 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| `{r['model']}` | {r['batch']} | {ms(r, 'eager')} | {ms(r, 'channels_last')} | "
+            f"{ms(r, 'torchscript')} | {ms(r, 'compile')} | "
+            f"**{r['pytorch_speedup']:.2f}×** ({r['best_pytorch']}) | {ms(r, 'onnxruntime')} | "
+            f"{ms(r, 'onnxruntime-int8')} | **{r.get('int8_speedup', float('nan')):.2f}×** |")
+    if any(r["contended"] for r in rows):
+        lines += ["", "† timed while other processes used more than 10% of the CPU (a round "
+                      "was repeated 4 times without finding a quiet moment)."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=2.0,
+                        help="timed seconds per backend and batch size")
+    parser.add_argument("--out",
+                        default=str(Path(__file__).parent / "results" / "inference.json"))
+    args = parser.parse_args(argv)
+
+    start = time.time()
+    reports, rows = [], []
+    for name in MODELS:
+        report = benchmark(mobilenets.create_model(name), batches=(1, 32), resolution=224,
+                           backends=BACKENDS, threads=args.threads, seconds=args.seconds,
+                           log=lambda msg, n=name: print(
+                               f"[{time.time() - start:5.0f}s] {n}: {msg}", file=sys.stderr,
+                               flush=True))
+        print(report.table() + "\n", file=sys.stderr)
+        reports.append(report)
+        rows += [summarize(report, b) for b in (1, 32)]
+
+    table = markdown(rows, reports)
+    goals = {
+        "pytorch_2x": all(r["pytorch_speedup"] >= GOAL for r in rows),
+        "int8_2x": all(r.get("int8_speedup", 0) >= GOAL for r in rows),
+    }
+    args_used = argv if argv is not None else sys.argv[1:]
+    command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/inference.py", *args_used])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "seconds_total": round(time.time() - start, 1),
+                               "threads": args.threads, "summary": rows, "goals_met": goals,
+                               "reports": [r.to_json() for r in reports]}, indent=2) + "\n")
+    print(table)
+    print(f"\nbest PyTorch path >= {GOAL:g}x eager: {'met' if goals['pytorch_2x'] else 'NOT met'}; "
+          f"int8 >= {GOAL:g}x onnxruntime fp32: {'met' if goals['int8_2x'] else 'NOT met'} "
+          f"(wrote {out}, {time.time() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Float vs int8 test accuracy of trained checkpoints (Fashion-MNIST by default).
+
+    .venv/bin/python benchmarks/quant_accuracy.py runs/v3s/best.safetensors runs/v2/best.safetensors
+
+Each checkpoint is exported twice with :func:`mobilenets.deploy.export_model` (float ONNX,
+and int8 calibrated on ``--calibration-size`` training images), then the PyTorch model,
+the float ONNX and the int8 ONNX classify the whole test split with the checkpoint's own
+preprocessing. Prints a Markdown table and writes ``benchmarks/results/quant_accuracy.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mobilenets import deploy
+from mobilenets.checkpoint import load_model
+
+
+def accuracies(checkpoint: str, data: str, calibration_size: int, threads: int,
+               workdir: Path) -> dict:
+    """Test accuracy of the PyTorch model, its float ONNX and its int8 ONNX."""
+    from mobilenets.data import load_dataset
+
+    model, meta = load_model(checkpoint)
+    pre = deploy.resolve_preprocessing(model, meta)
+    images = deploy.load_calibration_images(data, calibration_size, pre)
+    stem = workdir / Path(checkpoint).stem
+    fp32 = deploy.export_model(model, "onnx", stem.with_suffix(".onnx"), preprocessing=pre,
+                               classes=meta.get("classes"))
+    int8 = deploy.export_model(model, "onnx", stem.with_suffix(".int8.onnx"), preprocessing=pre,
+                               classes=meta.get("classes"), int8=True, calibration_images=images)
+    runners = {"pytorch": lambda x: model(torch.from_numpy(x)).numpy(),
+               "onnx_fp32": deploy.load_artifact(fp32.path, threads),
+               "onnx_int8": deploy.load_artifact(int8.path, threads)}
+
+    test = load_dataset(data, "test", image_size=pre["input_size"], channels=pre["channels"])
+    preds: dict[str, list[np.ndarray]] = {k: [] for k in runners}
+    labels = []
+    with torch.inference_mode():
+        for start in range(0, len(test), 500):
+            items = [test[i] for i in range(start, min(start + 500, len(test)))]
+            x = deploy.preprocess(torch.stack([img for img, _ in items]), pre)
+            labels.append(np.array([label for _, label in items]))
+            for name, run in runners.items():
+                preds[name].append(run(x).argmax(1))
+    y = np.concatenate(labels)
+    pred = {k: np.concatenate(v) for k, v in preds.items()}
+    return {"checkpoint": checkpoint, "model": meta["model"],
+            "model_kwargs": meta.get("model_kwargs"), "test_images": len(y),
+            "calibration_images": len(images),
+            **{f"acc_{k}": float((v == y).mean()) for k, v in pred.items()},
+            "int8_agrees_with_float": float((pred["onnx_int8"] == pred["pytorch"]).mean()),
+            "parity_fp32": fp32.parity.summary(), "parity_int8": int8.parity.summary()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoints", nargs="+")
+    parser.add_argument("--data", default="fashion-mnist", help="dataset name or directory")
+    parser.add_argument("--calibration-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"
+                                             / "quant_accuracy.json"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory(prefix="quant-accuracy-") as tmp:
+        rows = [accuracies(c, args.data, args.calibration_size, args.threads, Path(tmp))
+                for c in args.checkpoints]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=2) + "\n")
+    print("| checkpoint | model | PyTorch fp32 | ONNX fp32 | ONNX int8 | Δ int8 "
+          "| int8 = fp32 top-1 |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        delta = 100 * (r["acc_onnx_int8"] - r["acc_pytorch"])
+        print(f"| {r['checkpoint']} | `{r['model']}` | {r['acc_pytorch']:.2%} | "
+              f"{r['acc_onnx_fp32']:.2%} | {r['acc_onnx_int8']:.2%} | {delta:+.2f} pt | "
+              f"{r['int8_agrees_with_float']:.2%} |")
+    print(f"\n(wrote {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

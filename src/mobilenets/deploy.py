@@ -1,0 +1,678 @@
+"""Ship a trained MobileNet: an inference graph, checked exports, int8, and one loader.
+
+The path from a checkpoint to a deployed file is
+
+1. :func:`prepare_for_inference`: a copy in eval mode with every BatchNorm folded into the
+   convolution before it (:func:`fold_batchnorm`) and dropout removed. Both are exact in
+   eval mode and leave the exported graph with only the operations a runtime must execute.
+2. :func:`export_model`: write ONNX (opset :data:`ONNX_OPSET`, the ``torch.export``-based
+   exporter; ``nn.Hardswish``/``nn.Hardsigmoid`` become the native ``HardSwish``/
+   ``HardSigmoid`` ops), TorchScript (traced and frozen) or a ``torch.export`` program
+   (``.pt2``), all with a dynamic batch dimension. The file is then loaded back with the
+   runtime that will serve it and compared with the PyTorch model (:func:`check_parity`):
+   an export that does not reproduce the model is an error, not a warning.
+3. Optionally int8 (:func:`quantize_onnx`): post-training static quantization with
+   ``onnxruntime.quantization`` (QDQ format, per-channel int8 weights, uint8 activations
+   calibrated on real images), so the file that is measured is the file that is served.
+
+The preprocessing (input size, channels, mean/std) and class names travel with every
+artifact: inside the ONNX file (``metadata_props["mobilenets"]``), in a sidecar
+``<file>.json`` for TorchScript and ``.pt2``. :func:`load_artifact` reads any of them back
+as a callable on float32 NCHW arrays.
+
+``onnx`` and ``onnxruntime`` are the optional ``mobilenets[onnx]`` extra; they are imported
+only by the functions that need them.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .checkpoint import atomic_write_bytes, load_model
+from .conventions import check_choice
+from .errors import MobilenetsError
+from .layers import ConvNormAct
+
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2")
+EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+#: ONNX opset of exported graphs: >= 14 has native HardSwish, 18 is the exporter's default.
+ONNX_OPSET = 18
+META_KEY = "mobilenets"
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+#: Largest allowed ``max|artifact - pytorch| / max|pytorch|``. Float exports differ from
+#: PyTorch only by the order of floating-point operations (~1e-6); int8 rounds every
+#: activation to 256 levels, which moves logits by a few percent of their range.
+FLOAT_TOLERANCE = 1e-4
+INT8_TOLERANCE = 0.25
+#: Batch size of the example input used to trace; parity runs other sizes (1 and 3) so a
+#: batch dimension that was baked in as a constant fails the check.
+_TRACE_BATCH = 2
+
+
+# ----------------------------------------------------------------------------- the graph
+
+def fold_conv_bn_(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold eval-mode ``bn`` into ``conv`` in place: ``bn(conv(x)) == conv'(x)``.
+
+    ``w' = w·γ/√(σ²+ε)`` per output channel, ``b' = β + (b − μ)·γ/√(σ²+ε)``, in float64
+    so that folding adds no rounding error beyond the final cast.
+    """
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(scale)
+    weight = conv.weight.double() * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))
+    conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+    conv.bias = nn.Parameter((bn.bias.double() + (bias - bn.running_mean.double()) * scale)
+                             .to(conv.weight.dtype), requires_grad=False)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode whose ``ConvNormAct`` layers have no BatchNorm.
+
+    Every BN of a MobileNet directly follows a convolution inside a ``ConvNormAct``, so
+    folding it there covers the whole network; the ``bn`` child becomes ``nn.Identity``.
+    """
+    model = copy.deepcopy(model).eval()
+    for m in model.modules():
+        if isinstance(m, ConvNormAct) and isinstance(m.bn, nn.BatchNorm2d):
+            fold_conv_bn_(m.conv, m.bn)
+            m.bn = nn.Identity()
+    return model
+
+
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """A copy with BatchNorm folded, dropout removed and gradients off (eval mode).
+
+    Dropout is the identity in eval mode; removing it keeps it out of exported graphs.
+    """
+    model = fold_batchnorm(model)
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Dropout):
+                setattr(parent, name, nn.Identity())
+    model.requires_grad_(False)
+    return model
+
+
+def input_channels(model: nn.Module) -> int:
+    """Input channels of ``model`` (its first convolution's)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None:
+        raise MobilenetsError("the model has no convolution; cannot infer its input channels")
+    return first.in_channels
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def resolve_preprocessing(model: nn.Module, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """The checkpoint's ``preprocessing`` checked against ``model``, ``channels`` filled in.
+
+    Converted checkpoints store mean/std/input_size without ``channels``; trained ones store
+    all four. Without mean/std an artifact could not be used correctly, so that is an error.
+    """
+    pre = dict((meta or {}).get("preprocessing") or {})
+    channels = input_channels(model)
+    pre.setdefault("channels", channels)
+    if pre["channels"] != channels:
+        raise MobilenetsError(f"preprocessing says {pre['channels']} input channels, the model "
+                              f"has {channels}")
+    missing = [k for k in ("input_size", "mean", "std") if k not in pre]
+    if missing:
+        raise MobilenetsError(f"checkpoint metadata lacks preprocessing {', '.join(missing)}; "
+                              "re-save it with save_model(..., preprocessing={'input_size': ..., "
+                              "'mean': [...], 'std': [...]})")
+    for key in ("mean", "std"):
+        if len(pre[key]) != channels:
+            raise MobilenetsError(f"preprocessing {key} has {len(pre[key])} values for "
+                                  f"{channels} channels")
+    return pre
+
+
+def preprocess(images: torch.Tensor, preprocessing: dict[str, Any]) -> np.ndarray:
+    """uint8 ``(N, C, H, W)`` images → the float32 array the model reads.
+
+    Images must already have the model's size and channels (datasets load them that way);
+    resizing here would silently differ from what the model was trained on.
+    """
+    from .augment import normalize
+
+    c, size = preprocessing["channels"], preprocessing["input_size"]
+    if images.dim() != 4 or tuple(images.shape[1:]) != (c, size, size):
+        raise MobilenetsError(f"images are {tuple(images.shape[1:])} (C, H, W) but the model "
+                              f"expects ({c}, {size}, {size})")
+    return normalize(images, preprocessing["mean"], preprocessing["std"]).numpy()
+
+
+def batches(images: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Stack an iterable of ``(C, H, W)`` tensors into ``(B, C, H, W)`` batches."""
+    batch: list[torch.Tensor] = []
+    for img in images:
+        batch.append(img)
+        if len(batch) == batch_size:
+            yield torch.stack(batch)
+            batch = []
+    if batch:
+        yield torch.stack(batch)
+
+
+def load_calibration_images(spec: str | os.PathLike, n: int,
+                            preprocessing: dict[str, Any], seed: int = 0) -> torch.Tensor:
+    """``n`` images (uint8 ``(n, C, H, W)``) drawn at random from the training split of ``spec``.
+
+    The training split, never the test split: calibration chooses quantization ranges,
+    and choosing them on test images would leak the test set into the model.
+    """
+    from .data import load_dataset
+
+    if n < 1:
+        raise MobilenetsError(f"--calibration-size must be >= 1, got {n}")
+    ds = load_dataset(str(spec), "train", image_size=preprocessing["input_size"],
+                      channels=preprocessing["channels"])
+    if len(ds) == 0:
+        raise MobilenetsError(f"calibration data {spec} has no images")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(ds), generator=g)[:n].tolist()
+    return torch.stack([ds[i][0] for i in idx])
+
+
+# ----------------------------------------------------------------------------- metadata
+
+def artifact_metadata(model: nn.Module, preprocessing: dict[str, Any],
+                      classes: Sequence[str] | None, fmt: str, **extra: Any) -> dict[str, Any]:
+    """What an artifact carries besides its graph: enough to feed it and read its output."""
+    meta = {"format": fmt, "model": getattr(model, "model_name", type(model).__name__),
+            "model_kwargs": dict(getattr(model, "model_kwargs", {})),
+            "preprocessing": preprocessing, "classes": list(classes) if classes else None,
+            "input": INPUT_NAME, "output": OUTPUT_NAME, "mobilenets_version": __version__}
+    meta.update(extra)
+    return meta
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """``model.pt`` → ``model.pt.json``: where non-ONNX artifacts keep their metadata."""
+    return Path(f"{path}.json")
+
+
+def _write_sidecar(path: Path, meta: dict[str, Any]) -> None:
+    atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------- exporters
+
+def _require_onnx() -> tuple[Any, Any]:
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as e:
+        raise MobilenetsError(f"ONNX export needs the onnx extra ({e.name} is missing): "
+                              "pip install 'mobilenets[onnx]'") from e
+    return onnx, onnxruntime
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence what ``torch.export`` and the ONNX exporter say about their own internals
+    (optional torchvision operators, a deprecated pytree call): nothing a user can act on."""
+    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)",
+                                    category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _example(preprocessing: dict[str, Any]) -> torch.Tensor:
+    c, s = preprocessing["channels"], preprocessing["input_size"]
+    return torch.randn(_TRACE_BATCH, c, s, s, generator=torch.Generator().manual_seed(0))
+
+
+def _batch_dim() -> dict[int, Any]:
+    return {0: torch.export.Dim("batch", min=1)}
+
+
+def onnx_bytes(model: nn.Module, preprocessing: dict[str, Any], meta: dict[str, Any],
+               opset: int = ONNX_OPSET) -> bytes:
+    """The serialized ONNX graph of an inference-ready ``model`` with ``meta`` embedded."""
+    onnx, _ = _require_onnx()
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(model, (_example(preprocessing),), dynamo=True,
+                                        opset_version=opset, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=(_batch_dim(),), verbose=False)
+    except ImportError as e:  # the exporter needs onnxscript
+        raise MobilenetsError(f"ONNX export needs {e.name}: pip install 'mobilenets[onnx]'") from e
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta, sort_keys=True)})
+    return proto.SerializeToString()
+
+
+@contextmanager
+def torchscript_quietly() -> Iterator[None]:
+    """TorchScript is deprecated upstream in favour of ``torch.export`` (our ``.pt2``);
+    users who ask for it explicitly need no deprecation warning on every call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
+        yield
+
+
+def torchscript_bytes(model: nn.Module, preprocessing: dict[str, Any]) -> bytes:
+    """A traced, frozen TorchScript module (weights inlined as constants)."""
+    buf = io.BytesIO()
+    with torch.no_grad(), torchscript_quietly():
+        # check_trace re-traces to compare graphs; the parity check after export is stricter.
+        traced = torch.jit.trace(model, _example(preprocessing), check_trace=False)
+        torch.jit.save(torch.jit.freeze(traced.eval()), buf)
+    return buf.getvalue()
+
+
+def pt2_bytes(model: nn.Module, preprocessing: dict[str, Any]) -> bytes:
+    """A ``torch.export`` program with a dynamic batch dimension."""
+    buf = io.BytesIO()
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.export.export(model, (_example(preprocessing),),
+                                      dynamic_shapes=(_batch_dim(),))
+        torch.export.save(program, buf)
+    return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------- int8
+
+_INT8_NOTE = ("onnxruntime static QDQ, per-channel int8 weights, uint8 activations, "
+              "MinMax calibration")
+
+
+class ImageCalibrationReader:
+    """Feeds preprocessed image batches to onnxruntime's calibrator.
+
+    onnxruntime's ``CalibrationDataReader`` accepts any class with ``get_next`` (its
+    ``__subclasshook__``), so this class needs no onnxruntime import to be defined.
+    """
+
+    def __init__(self, images: Iterable[torch.Tensor], preprocessing: dict[str, Any],
+                 input_name: str = INPUT_NAME, batch_size: int = 8) -> None:
+        self._batches = batches(images, batch_size)
+        self.preprocessing = preprocessing
+        self.input_name = input_name
+        self.count = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        if batch is None:
+            return None
+        self.count += batch.shape[0]
+        return {self.input_name: preprocess(batch, self.preprocessing)}
+
+
+def int8_friendly(proto: Any) -> Any:
+    """Rewrite the three float-only ops of MobileNets into ops onnxruntime runs in int8.
+
+    onnxruntime has no int8 kernel for ``HardSwish``, ``HardSigmoid`` or ``ReduceMean``:
+    quantized as they are, each is dequantized, computed in float and requantized. As
+    ``Mul``/``Add``/``Clip`` and ``GlobalAveragePool`` they become ``QLinearMul``,
+    ``QLinearAdd`` (the ``Clip`` is absorbed into the quantization range) and
+    ``QLinearGlobalAveragePool``. The maths is identical:
+    ``HardSigmoid(x) = Clip(αx + β, 0, 1)``, ``HardSwish(x) = x · HardSigmoid(x)`` with
+    α = 1/6, β = 1/2, and ``ReduceMean`` over H, W with ``keepdims`` is global pooling.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = copy.deepcopy(proto)
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+
+    def const(name: str, value: float) -> str:
+        if name not in inits:
+            inits[name] = numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+            graph.initializer.append(inits[name])
+        return name
+
+    def hard_sigmoid(x: str, y: str, alpha: float, beta: float, prefix: str) -> list[Any]:
+        ax, axb = prefix + "_ax", prefix + "_axb"
+        return [helper.make_node("Mul", [x, const(f"int8_alpha_{alpha:.6g}", alpha)], [ax]),
+                helper.make_node("Add", [ax, const(f"int8_beta_{beta:.6g}", beta)], [axb]),
+                helper.make_node("Clip", [axb, const("int8_zero", 0.0), const("int8_one", 1.0)],
+                                 [y])]
+
+    nodes: list[Any] = []
+    for i, node in enumerate(graph.node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        prefix = f"int8_{i}_{node.op_type}"
+        if node.op_type == "HardSwish":
+            nodes += hard_sigmoid(node.input[0], prefix + "_gate", 1 / 6, 0.5, prefix)
+            nodes.append(helper.make_node("Mul", [node.input[0], prefix + "_gate"],
+                                          list(node.output)))
+        elif node.op_type == "HardSigmoid":
+            nodes += hard_sigmoid(node.input[0], node.output[0], attrs.get("alpha", 0.2),
+                                  attrs.get("beta", 0.5), prefix)
+        elif node.op_type == "ReduceMean" and _is_spatial_mean(node, attrs, inits):
+            nodes.append(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output)))
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input}
+    kept = [t for t in graph.initializer if t.name in used]  # the replaced ReduceMeans' axes go
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    onnx.checker.check_model(proto)
+    return proto
+
+
+def _is_spatial_mean(node: Any, attrs: dict[str, Any], inits: dict[str, Any]) -> bool:
+    from onnx import numpy_helper
+
+    # MobileNets average rank-4 maps only, so axes modulo 4 are the non-negative axes.
+    if attrs.get("keepdims", 1) != 1 or len(node.input) < 2 or node.input[1] not in inits:
+        return False
+    axes = sorted(int(a) % 4 for a in numpy_helper.to_array(inits[node.input[1]]).ravel())
+    return axes == [2, 3]
+
+
+def quantize_onnx(fp32: str | os.PathLike, output: str | os.PathLike,
+                  images: Iterable[torch.Tensor], preprocessing: dict[str, Any],
+                  batch_size: int = 8) -> Path:
+    """Post-training static int8 quantization of the ONNX file ``fp32`` into ``output``.
+
+    QDQ format (QuantizeLinear/DequantizeLinear pairs around float ops, which onnxruntime
+    fuses into int8 kernels, and which other runtimes can read), per-channel symmetric
+    int8 weights, per-tensor uint8 activations whose ranges are the min/max observed on
+    ``images`` (uint8 ``(C, H, W)`` tensors, a few hundred are plenty). The metadata of
+    ``fp32`` is carried over.
+    """
+    onnx, _ = _require_onnx()
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source = onnx.load(str(fp32))
+    props = {p.key: p.value for p in source.metadata_props}
+    reader = ImageCalibrationReader(images, preprocessing, batch_size=batch_size)
+    with tempfile.TemporaryDirectory(prefix="mobilenets-int8-") as tmp:
+        rewritten, prepared, quantized = (Path(tmp) / n for n in ("a.onnx", "b.onnx", "c.onnx"))
+        onnx.save(int8_friendly(source), str(rewritten))
+        # Shape inference and onnxruntime's graph clean-up, as its quantization guide asks.
+        quant_pre_process(str(rewritten), str(prepared))
+        try:
+            quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        except ValueError as e:
+            if reader.count == 0:  # onnxruntime: "No data is collected."
+                raise MobilenetsError("no calibration images: int8 needs real images to "
+                                      "choose its activation ranges (--calibration-data)") from e
+            raise
+        proto = onnx.load(str(quantized))
+    meta = json.loads(props.get(META_KEY, "{}"))
+    meta["int8"] = {"method": _INT8_NOTE, "calibration_images": reader.count}
+    props[META_KEY] = json.dumps(meta, sort_keys=True)
+    onnx.helper.set_model_props(proto, props)
+    output = Path(output)
+    atomic_write_bytes(output, proto.SerializeToString())
+    return output
+
+
+# ----------------------------------------------------------------------------- loading
+
+@dataclass
+class Artifact:
+    """A loaded export: call it on float32 NCHW arrays (already preprocessed) for logits.
+
+    ``preprocessing`` says how to make those arrays from images (``input_size``,
+    ``channels``, ``mean``, ``std`` on [0, 1] pixels); ``classes`` names the outputs.
+    """
+
+    path: Path
+    format: str
+    meta: dict[str, Any]
+    run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return self.meta.get("preprocessing") or {}
+
+    @property
+    def classes(self) -> list[str] | None:
+        return self.meta.get("classes")
+
+    @property
+    def int8(self) -> bool:
+        return bool(self.meta.get("int8"))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
+    """An onnxruntime CPU session (all graph optimizations, ``threads`` intra-op threads)."""
+    _, ort = _require_onnx()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own untyped errors for bad files
+        raise MobilenetsError(f"{path} is not a loadable ONNX model: {e}") from e
+
+
+def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifact:
+    """Load an exported ``.onnx``, TorchScript or ``.pt2`` file with its preprocessing.
+
+    ONNX files run in onnxruntime (float or int8) and carry their metadata inside; other
+    formats need the ``<file>.json`` sidecar written by :func:`export_model`. ``threads``
+    sets onnxruntime's intra-op threads, or PyTorch's (process-wide) for the other formats.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MobilenetsError(f"artifact not found: {path}")
+    if path.suffix == ".onnx":
+        session = onnx_session(path, threads)
+        meta_json = session.get_modelmeta().custom_metadata_map.get(META_KEY)
+        if meta_json is None:
+            raise MobilenetsError(f"{path} was not exported by mobilenets (no preprocessing "
+                                  "metadata); export it with `mobilenets export`")
+        name = session.get_inputs()[0].name
+        return Artifact(path, "onnx", json.loads(meta_json),
+                        lambda x: session.run(None, {name: x})[0])
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise MobilenetsError(f"{side} not found: TorchScript and .pt2 artifacts keep their "
+                              "preprocessing there; export with `mobilenets export`")
+    try:
+        meta = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise MobilenetsError(f"{side} is not readable JSON: {e}") from e
+    fmt = meta.get("format")
+    if fmt not in ("torchscript", "pt2"):
+        raise MobilenetsError(f"{side}: unknown artifact format {fmt!r}")
+    try:
+        if fmt == "torchscript":
+            with torchscript_quietly():
+                module = torch.jit.load(str(path), map_location="cpu")
+        else:
+            module = torch.export.load(str(path)).module()
+    except (RuntimeError, OSError, ValueError) as e:
+        raise MobilenetsError(f"{path} is not a loadable {fmt} file: {e}") from e
+    if threads:
+        torch.set_num_threads(threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return module(torch.from_numpy(x)).numpy()
+
+    return Artifact(path, fmt, meta, run)
+
+
+# ----------------------------------------------------------------------------- parity
+
+@dataclass
+class Parity:
+    """How closely an artifact reproduces the PyTorch model on sample inputs."""
+
+    max_abs_diff: float
+    max_abs_logit: float
+    tolerance: float  # on max_abs_diff / max_abs_logit
+    top1_agreement: float
+    inputs: int
+    batch_sizes: tuple[int, ...]
+
+    @property
+    def relative(self) -> float:
+        return self.max_abs_diff / max(self.max_abs_logit, np.finfo(np.float32).tiny)
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.max_abs_diff)) and self.relative <= self.tolerance
+
+    def summary(self) -> str:
+        return (f"max |Δ| vs PyTorch {self.max_abs_diff:.3g} = {self.relative:.3g} of the "
+                f"largest logit (tolerance {self.tolerance:g}), top-1 agreement "
+                f"{self.top1_agreement:.1%}, {self.inputs} inputs in batches of "
+                f"{', '.join(map(str, self.batch_sizes))}")
+
+
+def check_parity(artifact: Callable[[np.ndarray], np.ndarray], reference: nn.Module,
+                 inputs: np.ndarray, tolerance: float) -> Parity:
+    """Run ``artifact`` and the eval-mode ``reference`` on ``inputs``; measure the gap.
+
+    The artifact sees a batch of 1 and then the rest, which checks the dynamic batch
+    dimension as well (exports are traced at batch 2). The error is relative to the
+    largest reference logit, the measure the converter tests use, so it means the same
+    for a trained model (logits ~10) and a random one (logits ~1e-9).
+    """
+    if len(inputs) < 2:
+        raise MobilenetsError("parity needs at least 2 sample inputs")
+    reference = reference.eval()
+    with torch.no_grad():
+        ref = reference(torch.from_numpy(inputs)).numpy()
+    got = np.concatenate([artifact(inputs[:1]), artifact(inputs[1:])])
+    if got.shape != ref.shape:
+        raise MobilenetsError(f"artifact output shape {got.shape} != PyTorch {ref.shape}")
+    diff = float(np.abs(got.astype(np.float64) - ref).max())
+    agree = float((got.argmax(1) == ref.argmax(1)).mean()) if ref.ndim == 2 else 1.0
+    return Parity(diff, float(np.abs(ref).max()), tolerance, agree, len(inputs),
+                  (1, len(inputs) - 1))
+
+
+# ----------------------------------------------------------------------------- export
+
+@dataclass
+class ExportResult:
+    """What :func:`export_model` wrote and how well it reproduces the model."""
+
+    path: Path
+    format: str
+    int8: bool
+    parity: Parity
+    files: list[Path]
+
+    def summary(self) -> str:
+        kind = "int8 ONNX" if self.int8 else self.format
+        return f"exported {kind} -> {self.path}\nparity: {self.parity.summary()}"
+
+
+def _check_request(fmt: str, int8: bool) -> None:
+    check_choice("format", fmt, FORMATS)
+    if int8 and fmt != "onnx":
+        raise MobilenetsError(f"int8 export is ONNX only (onnxruntime quantization), "
+                              f"not {fmt}; use --format onnx")
+
+
+def default_output(checkpoint: str | os.PathLike, fmt: str, int8: bool = False) -> Path:
+    """``run/best.safetensors`` → ``run/best.onnx`` (``.int8.onnx``, ``.pt``, ``.pt2``)."""
+    path = Path(checkpoint)
+    base = path / "model" if path.is_dir() else path.with_suffix("")
+    return base.with_name(base.name + (".int8" if int8 else "") + EXTENSIONS[fmt])
+
+
+def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
+                 preprocessing: dict[str, Any], classes: Sequence[str] | None = None,
+                 int8: bool = False, calibration_images: torch.Tensor | None = None,
+                 tolerance: float | None = None) -> ExportResult:
+    """Export ``model`` as ``fmt`` to ``output``, reload it and check it against ``model``.
+
+    ``calibration_images`` (uint8 ``(N, C, H, W)``) are required for ``int8`` and, when
+    given, also serve as the parity inputs (real images exercise the int8 ranges that
+    matter); otherwise parity uses standard-normal inputs, which is what normalised images
+    look like. Raises :class:`MobilenetsError` when the artifact differs from the model by
+    more than ``tolerance`` (default :data:`FLOAT_TOLERANCE`, :data:`INT8_TOLERANCE`).
+    """
+    _check_request(fmt, int8)
+    if int8 and (calibration_images is None or len(calibration_images) == 0):
+        raise MobilenetsError("int8 needs calibration images (--calibration-data PATH)")
+    output = Path(output)
+    if output.is_dir():
+        raise MobilenetsError(f"output {output} is a directory; give a file name")
+    reference = copy.deepcopy(model).eval()
+    ready = prepare_for_inference(model)
+    meta = artifact_metadata(model, preprocessing, classes, fmt)
+    files = [output]
+    if fmt == "onnx":
+        data = onnx_bytes(ready, preprocessing, meta)
+        if int8:
+            with tempfile.TemporaryDirectory(prefix="mobilenets-export-") as tmp:
+                fp32 = Path(tmp) / "fp32.onnx"
+                fp32.write_bytes(data)
+                quantize_onnx(fp32, output, calibration_images, preprocessing)
+        else:
+            atomic_write_bytes(output, data)
+    else:
+        data = torchscript_bytes(ready, preprocessing) if fmt == "torchscript" \
+            else pt2_bytes(ready, preprocessing)
+        atomic_write_bytes(output, data)
+        _write_sidecar(output, meta)
+        files.append(sidecar_path(output))
+
+    if calibration_images is not None and len(calibration_images) >= 2:
+        inputs = preprocess(calibration_images[:8], preprocessing)
+    else:
+        c, s = preprocessing["channels"], preprocessing["input_size"]
+        inputs = torch.randn(4, c, s, s, generator=torch.Generator().manual_seed(1)).numpy()
+    if tolerance is None:
+        tolerance = INT8_TOLERANCE if int8 else FLOAT_TOLERANCE
+    parity = check_parity(load_artifact(output), reference, inputs, tolerance)
+    if not parity.ok:
+        raise MobilenetsError(f"{output} does not reproduce the PyTorch model: "
+                              f"{parity.summary()}; the file is kept for inspection")
+    return ExportResult(output, fmt, int8, parity, files)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
+                      output: str | os.PathLike | None = None, *, int8: bool = False,
+                      calibration_data: str | os.PathLike | None = None,
+                      calibration_size: int = 256,
+                      tolerance: float | None = None) -> ExportResult:
+    """:func:`export_model` for a checkpoint file, with its preprocessing and classes."""
+    _check_request(fmt, int8)
+    model, meta = load_model(checkpoint)
+    preprocessing = resolve_preprocessing(model, meta)
+    if int8 and calibration_data is None:
+        raise MobilenetsError("--int8 needs --calibration-data (a dataset name such as "
+                              "fashion-mnist, or a directory of training images)")
+    images = (load_calibration_images(calibration_data, calibration_size, preprocessing)
+              if calibration_data is not None else None)
+    return export_model(model, fmt, output or default_output(checkpoint, fmt, int8),
+                        preprocessing=preprocessing, classes=meta.get("classes"), int8=int8,
+                        calibration_images=images, tolerance=tolerance)

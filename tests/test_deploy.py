@@ -1,0 +1,355 @@
+"""Deployment: BN folding, checked exports of every model, int8, loading, bench, CLI errors.
+
+Models are tiny (width 0.25, 1 channel, 28-32 px) so the whole file stays fast; BatchNorm
+statistics are randomised so that folding and parity have something to get wrong.
+"""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mobilenets
+from mobilenets import bench, deploy
+from mobilenets.checkpoint import save_model
+from mobilenets.cli import main
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+ALL_MODELS = mobilenets.list_models()
+PRE = {"input_size": 32, "channels": 1, "mean": [0.3], "std": [0.35]}
+CLASSES = [f"class{i}" for i in range(10)]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One PyTorch thread: on 32-px maps a second thread saves nothing, and on a shared
+    machine every parallel region would wait for a descheduled peer."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(name: str, **kw) -> nn.Module:
+    """A width-0.25 grayscale model with random BN statistics and affine parameters; the
+    same weights on every call, so a cached export and a fresh model can be compared."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = mobilenets.create_model(name, width_mult=0.25, num_classes=10, in_chans=1,
+                                        small_input=True, **kw)
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
+    return model.eval()
+
+
+def random_images(n: int, size: int = 32, channels: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g)
+
+
+def normal_inputs(n: int = 3, size: int = 32) -> np.ndarray:
+    return torch.randn(n, 1, size, size, generator=torch.Generator().manual_seed(2)).numpy()
+
+
+# ----------------------------------------------------------------------------- folding
+
+@pytest.mark.parametrize("name,kw", [("mobilenet_v1", {"depth_multiplier": 2}),
+                                     ("mobilenet_v2", {"padding": "same"}),
+                                     ("mobilenet_v3_small", {})])
+def test_fold_batchnorm_equals_unfolded_in_eval(name, kw):
+    model = tiny(name, **kw)
+    model.train()
+    folded = deploy.prepare_for_inference(model)
+    assert model.training, "folding must not change the original model"
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Dropout)) for m in folded.modules())
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-5, atol=1e-6)
+
+
+def test_fold_conv_bn_matches_batchnorm_formula():
+    conv, bn = nn.Conv2d(4, 6, 3, padding=1, bias=True), nn.BatchNorm2d(6, eps=1e-3).eval()
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2)
+    bn.weight.data.normal_()
+    bn.bias.data.normal_()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        expected = bn(conv(x))
+        deploy.fold_conv_bn_(conv, bn)
+        torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- exports
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """``exported(name, fmt)``: the checked export of ``tiny(name)``, made once per module
+    (exports dominate this file's run time, and the int8 tests start from the ONNX ones)."""
+    directory = tmp_path_factory.mktemp("exports")
+    cache = {}
+
+    def get(name: str, fmt: str) -> deploy.ExportResult:
+        if (name, fmt) not in cache:
+            path = directory / f"{name}{deploy.EXTENSIONS[fmt]}"
+            cache[name, fmt] = deploy.export_model(tiny(name), fmt, path, preprocessing=PRE,
+                                                   classes=CLASSES)
+        return cache[name, fmt]
+    return get
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_exports_and_quantizes(name, exported, tmp_path):
+    for fmt in ("onnx", "torchscript"):
+        result = exported(name, fmt)
+        assert result.parity.ok and result.parity.relative < deploy.FLOAT_TOLERANCE
+        assert result.parity.batch_sizes == (1, 3)  # traced at batch 2: the batch is dynamic
+        assert result.parity.top1_agreement == 1.0
+        artifact = deploy.load_artifact(result.path)
+        assert artifact.preprocessing == PRE and artifact.classes == CLASSES
+        assert artifact.format == fmt and not artifact.int8
+    sidecar = exported(name, "torchscript").files[1]
+    assert sidecar.name == f"{name}.pt.json"
+    assert json.loads(sidecar.read_text())["preprocessing"] == PRE
+
+    graph = onnx.load(exported(name, "onnx").path)
+    ops = {n.op_type for n in graph.graph.node}
+    assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert not ops & {"BatchNormalization", "Dropout"}
+    if name in ("mobilenet_v3_large", "mobilenet_v3_small"):
+        assert {"HardSwish", "HardSigmoid"} <= ops  # native ops, not decompositions
+    batch_dim = graph.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value
+
+    # int8 works for every model (V1/V2 ReLU6, V3 hard-swish and squeeze-excite).
+    int8 = tmp_path / f"{name}.int8.onnx"
+    images = random_images(16)
+    deploy.quantize_onnx(exported(name, "onnx").path, int8, images, PRE)
+    parity = deploy.check_parity(deploy.load_artifact(int8), tiny(name),
+                                 deploy.preprocess(images[:8], PRE), deploy.INT8_TOLERANCE)
+    assert parity.ok, parity.summary()
+
+
+def test_pt2_export_has_dynamic_batch_and_sidecar(tmp_path):
+    path = tmp_path / "m.pt2"
+    result = deploy.export_model(tiny("mobilenet_v3_small"), "pt2", path, preprocessing=PRE)
+    assert result.parity.ok
+    assert result.files == [path, tmp_path / "m.pt2.json"]
+    artifact = deploy.load_artifact(path)
+    assert artifact.format == "pt2" and artifact(normal_inputs(7)).shape == (7, 10)
+
+
+def test_parity_failure_is_an_error(tmp_path, monkeypatch):
+    model = tiny("mobilenet_v3_small_minimal")
+    ref = model(torch.from_numpy(normal_inputs(4))).detach().numpy()
+    off = deploy.check_parity(lambda x: model(torch.from_numpy(x)).detach().numpy() * 1.01,
+                              model, normal_inputs(4), deploy.FLOAT_TOLERANCE)
+    assert not off.ok and off.relative == pytest.approx(0.01, rel=1e-3)
+    assert off.max_abs_logit == pytest.approx(float(np.abs(ref).max()), rel=1e-6)
+
+    real_load = deploy.load_artifact
+
+    def broken(path, threads=None):
+        artifact = real_load(path, threads)
+        run = artifact.run
+        artifact.run = lambda x: run(x) + 1.0
+        return artifact
+
+    monkeypatch.setattr(deploy, "load_artifact", broken)
+    with pytest.raises(mobilenets.MobilenetsError, match="does not reproduce"):
+        deploy.export_model(model, "torchscript", tmp_path / "m.pt", preprocessing=PRE)
+
+
+def test_load_artifact_errors(tmp_path):
+    with pytest.raises(mobilenets.MobilenetsError, match="not found"):
+        deploy.load_artifact(tmp_path / "missing.onnx")
+    (tmp_path / "m.pt").write_bytes(b"not a model")
+    with pytest.raises(mobilenets.MobilenetsError, match="m.pt.json not found"):
+        deploy.load_artifact(tmp_path / "m.pt")
+    (tmp_path / "m.pt.json").write_text(json.dumps({"format": "torchscript"}))
+    with pytest.raises(mobilenets.MobilenetsError, match="not a loadable torchscript file"):
+        deploy.load_artifact(tmp_path / "m.pt")
+
+
+# ----------------------------------------------------------------------------- int8
+
+def test_int8_rewrite_is_exact_in_float(exported, tmp_path):
+    """The ops swapped in for onnxruntime's int8 kernels compute the same function."""
+    proto = onnx.load(exported("mobilenet_v3_small", "onnx").path)
+    rewritten = deploy.int8_friendly(proto)
+    ops = {n.op_type for n in rewritten.graph.node}
+    assert not ops & {"HardSwish", "HardSigmoid", "ReduceMean"}
+    assert "GlobalAveragePool" in ops
+    onnx.save(rewritten, tmp_path / "b.onnx")
+    x = {"input": normal_inputs(4)}
+    a = deploy.onnx_session(exported("mobilenet_v3_small", "onnx").path).run(None, x)[0]
+    b = deploy.onnx_session(tmp_path / "b.onnx").run(None, x)[0]
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+
+
+def test_int8_v3_quantizes_saves_and_reloads_identically(exported, tmp_path):
+    """V3-Small has everything int8 must handle: hard-swish, squeeze-excite, residuals."""
+    path = tmp_path / "v3.int8.onnx"
+    images = random_images(24)
+    deploy.quantize_onnx(exported("mobilenet_v3_small", "onnx").path, path, images, PRE)
+    graph = onnx.load(path)
+    ops = [n.op_type for n in graph.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    # Conv weights are stored as int8 with one scale per output channel.
+    inits = {t.name: t for t in graph.graph.initializer}
+    weight_dq = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"
+                 and n.input[0] in inits and len(inits[n.input[0]].dims) == 4]
+    assert weight_dq
+    for n in weight_dq:
+        assert inits[n.input[0]].data_type == onnx.TensorProto.INT8
+        assert list(inits[n.input[1]].dims) == [inits[n.input[0]].dims[0]]
+
+    first = deploy.load_artifact(path)
+    assert first.int8 and first.preprocessing == PRE and first.classes == CLASSES
+    assert first.meta["int8"]["calibration_images"] == 24
+    parity = deploy.check_parity(first, tiny("mobilenet_v3_small"),
+                                 deploy.preprocess(images[:8], PRE), deploy.INT8_TOLERANCE)
+    assert parity.ok, parity.summary()
+    copy_path = tmp_path / "copy.onnx"
+    onnx.save(onnx.load(path), copy_path)
+    x = normal_inputs(6)
+    np.testing.assert_array_equal(deploy.load_artifact(copy_path)(x), first(x))
+    np.testing.assert_array_equal(first(x), first(x))
+
+
+def test_calibration_reader_feeds_normalised_batches():
+    images = random_images(10)
+    reader = deploy.ImageCalibrationReader(images, PRE, batch_size=4)
+    from onnxruntime.quantization import CalibrationDataReader
+    assert isinstance(reader, CalibrationDataReader)
+    got = [reader.get_next() for _ in range(4)]
+    assert got[3] is None and reader.count == 10
+    assert [g["input"].shape[0] for g in got[:3]] == [4, 4, 2]
+    expected = (images[:4].float() / 255 - 0.3) / 0.35
+    np.testing.assert_allclose(got[0]["input"], expected.numpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(mobilenets.MobilenetsError, match="expects"):
+        deploy.preprocess(random_images(2, size=28), PRE)
+
+
+def write_idx_dataset(directory, n: int = 40, size: int = 28) -> None:
+    """A tiny Fashion-MNIST-layout dataset of random images (IDX files)."""
+    directory.mkdir()
+    images = random_images(n, size).squeeze(1).numpy()
+    labels = (np.arange(n) % 10).astype(np.uint8)
+    (directory / "train-images-idx3-ubyte").write_bytes(
+        struct.pack(">4BIII", 0, 0, 8, 3, n, size, size) + images.tobytes())
+    (directory / "train-labels-idx1-ubyte").write_bytes(
+        struct.pack(">4BI", 0, 0, 8, 1, n) + labels.tobytes())
+
+
+def test_export_int8_from_checkpoint_with_calibration_dataset(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_idx_dataset(data)
+    ckpt = tmp_path / "run" / "best.safetensors"
+    pre = {**PRE, "input_size": 28}
+    save_model(tiny("mobilenet_v3_small_minimal"), ckpt, preprocessing=pre, classes=CLASSES)
+    rc = main(["export", str(ckpt), "--int8", "--calibration-data", str(data),
+               "--calibration-size", "16"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    path = tmp_path / "run" / "best.int8.onnx"
+    assert f"-> {path}" in out and "parity:" in out
+    artifact = deploy.load_artifact(path)
+    assert artifact.meta["int8"]["calibration_images"] == 16 and artifact.preprocessing == pre
+
+
+# ----------------------------------------------------------------------------- bench
+
+def test_bench_tiny_model_gives_sane_numbers(monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    report = bench.benchmark(tiny("mobilenet_v3_small_minimal"), batches=(1, 2), resolution=32,
+                             backends=("eager", "channels_last", "compile", "onnxruntime"),
+                             threads=1, seconds=0.06, peak_size=256)
+    assert report.peak_gmadds_per_s > 0 and report.madds > 0 and report.threads == 1
+    timed = [r for r in report.results if r.backend != "compile"]
+    assert len(timed) == 6
+    for r in timed:
+        assert 0 < r.median_ms <= r.p90_ms and r.calls >= bench.ROUNDS * 2
+        assert 0 <= r.contended_rounds <= bench.ROUNDS
+        assert r.images_per_s == pytest.approx(r.batch * 1e3 / r.median_ms)
+        assert 0 < r.peak_fraction and r.gmadds_per_s > 0
+    skipped = report.result("compile", 1)
+    assert skipped.median_ms is None
+    assert skipped.note == "unavailable: RuntimeError: no C++ compiler"
+    table = report.table()
+    assert "onnxruntime" in table and "compile (batch 1): unavailable" in table
+    assert json.loads(json.dumps(report.to_json()))["results"][0]["backend"] == "eager"
+
+
+def test_contended_rounds_are_repeated_then_reported(monkeypatch):
+    assert bench.others_share((10.0, 100.0, 2.0), (12.0, 104.0, 3.0)) == 0.25
+    assert bench.others_share(None, (1.0, 2.0, 0.0)) is None
+    monkeypatch.setattr(bench, "others_share", lambda before, after: 0.5)
+    calls = []
+    samples, contended = bench.measure({"f": lambda: calls.append(1)}, seconds=0.0, rounds=2,
+                                       max_retries=3)
+    assert contended == {"f": 2}
+    assert len(calls) == 2 * 4 * 2  # rounds × attempts × 2 calls per attempt
+    assert len(samples["f"]) == 2 * 2  # each round keeps its last attempt only
+
+
+def test_bench_cli_json(capsys):
+    rc = main(["bench", "mobilenet_v3_small_minimal", "--width-mult", "0.25", "--in-chans", "1",
+               "--small-input", "--resolution", "32", "--batch", "1", "--backends", "eager",
+               "--seconds", "0.05", "--threads", "1", "--json"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    data = json.loads(out)
+    assert data["model"] == "mobilenet_v3_small_minimal" and data["resolution"] == 32
+    assert [r["backend"] for r in data["results"]] == ["eager"]
+
+
+# ----------------------------------------------------------------------------- CLI errors
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(tiny("mobilenet_v3_small_minimal"), path, preprocessing=PRE, classes=CLASSES)
+    return path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--format", "tflite"], "format must be one of 'onnx', 'torchscript', 'pt2', got 'tflite'"),
+    (["--format", "onx"], "did you mean 'onnx'"),
+    (["--format", "torchscript", "--int8", "--calibration-data", "x"], "int8 export is ONNX only"),
+    (["--int8"], "--int8 needs --calibration-data"),
+    (["--int8", "--calibration-data", "/nonexistent/data"], "data not found"),
+])
+def test_export_cli_errors(checkpoint, capsys, args, message):
+    assert main(["export", str(checkpoint), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_export_cli_missing_checkpoint(tmp_path, capsys):
+    assert main(["export", str(tmp_path / "nope.safetensors"), "--format", "onnx"]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["mobilenet_v5"], "neither a model name (did you mean"),
+    (["mobilenet_v2", "--backends", "eager,tensorrt"], "backend must be one of"),
+    (["mobilenet_v2", "--batch", "1,x"], "--batch must be comma-separated integers"),
+])
+def test_bench_cli_errors(capsys, args, message):
+    assert main(["bench", *args]) == 2
+    assert message in capsys.readouterr().err
