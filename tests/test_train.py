@@ -185,3 +185,21 @@ def test_checkpoints_get_normal_file_permissions(tmp_path):
     os.umask(umask)
     path = save_model(create_model("mobilenet_v3_small", width_mult=0.25, num_classes=2), tmp_path / "m.safetensors")
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_predict_with_onnxruntime_backend_matches_torch(idx_dir, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "ort"
+    train(_cfg(idx_dir, run, epochs=1))
+    assert main(["export", str(run / "best.safetensors"), "--format", "onnx", "-o", str(run / "m.onnx")]) == 0
+    img = tmp_path / "z.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30), dtype=np.uint8)).save(img)
+    capsys.readouterr()
+    assert main(["predict", str(run / "best.safetensors"), str(img), "--json"]) == 0
+    torch_pred = json.loads(capsys.readouterr().out)[0]["top"]
+    assert main(["predict", str(run / "m.onnx"), str(img), "--json", "--backend", "onnxruntime"]) == 0
+    ort_pred = json.loads(capsys.readouterr().out)[0]["top"]
+    assert [t["class"] for t in ort_pred] == [t["class"] for t in torch_pred]
+    assert [t["probability"] for t in ort_pred] == pytest.approx([t["probability"] for t in torch_pred], abs=1e-4)
+    assert main(["predict", str(run / "best.safetensors"), str(img), "--backend", "onnxruntime"]) == 2
+    assert "onnxruntime runs .onnx files" in capsys.readouterr().err

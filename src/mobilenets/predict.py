@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,14 @@ def classes_of(meta: dict[str, Any], num_classes: int) -> list[str]:
 def predict_files(model: torch.nn.Module, meta: dict[str, Any], paths: list[str | os.PathLike],
                   top_k: int = 5) -> list[Prediction]:
     """Top-k classes with probabilities for each image file."""
+    model.eval()
+    return predict_with(model, meta, paths, top_k)
+
+
+def predict_with(logits_fn: Callable[[torch.Tensor], torch.Tensor], meta: dict[str, Any],
+                 paths: list[str | os.PathLike], top_k: int = 5) -> list[Prediction]:
+    """Like :func:`predict_files` for any function from a preprocessed batch to logits
+    (an exported ONNX/TorchScript artifact, for instance)."""
     if not paths:
         raise MobilenetsError("no images given")
     preprocessing = meta.get("preprocessing")
@@ -53,8 +62,8 @@ def predict_files(model: torch.nn.Module, meta: dict[str, Any], paths: list[str 
     in_chans = (meta.get("model_kwargs") or {}).get("in_chans", 3)
     preprocessing = {"channels": in_chans, **preprocessing}
     x = preprocess_images(paths, preprocessing)
-    model.eval()
-    probs = model(x).softmax(dim=1)
+    with torch.no_grad():
+        probs = torch.as_tensor(logits_fn(x)).float().softmax(dim=1)
     classes = classes_of(meta, probs.shape[1])
     k = max(1, min(top_k, probs.shape[1]))
     values, indices = probs.topk(k, dim=1)

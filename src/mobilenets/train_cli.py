@@ -69,8 +69,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_eval)
 
-    p = sub.add_parser("predict", help="classify images with a checkpoint")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("predict", help="classify images with a checkpoint or an exported model")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint or an exported .onnx/.pt/.pt2 file")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: onnxruntime for .onnx files, PyTorch otherwise")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -244,14 +246,30 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
 
 
 def _predict(args: argparse.Namespace) -> int:
+    import torch
+
     from .checkpoint import load_model
     from .predict import predict_files
 
     for p in args.images:
         if not Path(p).is_file():
             raise MobilenetsError(f"image not found: {p}")
-    model, meta = load_model(args.checkpoint)
-    preds = predict_files(model, meta, args.images, args.top_k)
+    suffix = Path(args.checkpoint).suffix
+    backend = args.backend if args.backend != "auto" else ("onnxruntime" if suffix == ".onnx" else "torch")
+    if (backend == "onnxruntime") != (suffix == ".onnx"):
+        raise MobilenetsError(f"--backend {backend} cannot run {args.checkpoint}: onnxruntime runs .onnx "
+                              "files (make one with `mobilenets export CHECKPOINT --format onnx`), "
+                              "torch runs .safetensors, .pt and .pt2 files")
+    if suffix == ".safetensors":
+        model, meta = load_model(args.checkpoint)
+        preds = predict_files(model, meta, args.images, args.top_k)
+    else:
+        from .deploy import load_artifact
+        from .predict import predict_with
+
+        artifact = load_artifact(args.checkpoint)
+        preds = predict_with(lambda x: torch.from_numpy(artifact(x.numpy())), artifact.meta,
+                             args.images, args.top_k)
     if args.json:
         print(json.dumps([p.as_dict() for p in preds]))
         return 0
