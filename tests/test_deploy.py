@@ -276,6 +276,7 @@ def test_bench_tiny_model_gives_sane_numbers(monkeypatch):
         raise RuntimeError("no C++ compiler\nmore detail")
 
     monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(bench, "WARMUP_SECONDS", 0.01)  # tiny model: settled after 3 calls
     report = bench.benchmark(tiny("mobilenet_v3_small_minimal"), batches=(1, 2), resolution=32,
                              backends=("eager", "channels_last", "compile", "onnxruntime"),
                              threads=1, seconds=0.06, peak_size=256)
@@ -307,7 +308,8 @@ def test_contended_rounds_are_repeated_then_reported(monkeypatch):
     assert len(samples["f"]) == 2 * 2  # each round keeps its last attempt only
 
 
-def test_bench_cli_json(capsys):
+def test_bench_cli_json(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "WARMUP_SECONDS", 0.01)
     rc = main(["bench", "mobilenet_v3_small_minimal", "--width-mult", "0.25", "--in-chans", "1",
                "--small-input", "--resolution", "32", "--batch", "1", "--backends", "eager",
                "--seconds", "0.05", "--threads", "1", "--json"])
