@@ -8,6 +8,8 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 
 def pattern_images(n: int, classes: int = 4, size: int = 28, seed: int = 0, channels: int = 1):
@@ -85,3 +87,18 @@ def make_image_folder(root: Path, n_per_class: int = 6, size: int = 28, classes=
                     img = img.convert(mode)
                 img.save(d / f"{i}.png")
     return root
+
+
+def randomize_batchnorm(module: nn.Module, seed: int) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters, then eval mode:
+    fresh BN layers are the identity in eval, which would hide folding/splitting bugs."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
+    return module.eval()

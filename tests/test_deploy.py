@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import mobilenets
+from datagen import randomize_batchnorm
 from mobilenets import bench, deploy
 from mobilenets.checkpoint import save_model
 from mobilenets.cli import main
@@ -42,15 +43,7 @@ def tiny(name: str, **kw) -> nn.Module:
         torch.manual_seed(0)
         model = mobilenets.create_model(name, width_mult=0.25, num_classes=10, in_chans=1,
                                         small_input=True, **kw)
-    g = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.1)
-    return model.eval()
+    return randomize_batchnorm(model, seed=0)
 
 
 def random_images(n: int, size: int = 32, channels: int = 1) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import mobilenets
+from datagen import randomize_batchnorm
 from mobilenets import paper
 from mobilenets.blocks import InvertedResidual
 from mobilenets.cli import main
@@ -118,15 +119,7 @@ def test_v2_table_3_cells_from_the_real_networks():
 
 
 def _random_bn(module):
-    g = torch.Generator().manual_seed(1)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return module.eval()
+    return randomize_batchnorm(module, seed=1)
 
 
 @pytest.mark.parametrize("cin, exp, cout, stride, project_act", [
