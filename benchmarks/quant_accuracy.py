@@ -5,7 +5,12 @@
 Each checkpoint is exported twice with :func:`mobilenets.deploy.export_model` (float ONNX,
 and int8 calibrated on ``--calibration-size`` training images), then the PyTorch model,
 the float ONNX and the int8 ONNX classify the whole test split with the checkpoint's own
-preprocessing. Prints a Markdown table and writes ``benchmarks/results/quant_accuracy.json``.
+preprocessing. With ``--qat-steps N`` each checkpoint is also fine-tuned quantization-aware
+(``mobilenets train --qat --init CHECKPOINT --max-steps N``, the QAT defaults otherwise) and
+its int8 export measured the same way. Prints a Markdown table and writes
+``benchmarks/results/quant_accuracy.json``.
+
+    .venv/bin/python benchmarks/quant_accuracy.py runs/demo/best.safetensors --qat-steps 60
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch
 
 from mobilenets import deploy
 from mobilenets.checkpoint import load_model
+from mobilenets.train import TrainConfig, train
 
 
 def accuracies(checkpoint: str, data: str, calibration_size: int, threads: int,
@@ -66,25 +72,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="fashion-mnist", help="dataset name or directory")
     parser.add_argument("--calibration-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--qat-steps", type=int, help="also fine-tune with --qat for this many steps")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"
                                              / "quant_accuracy.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory(prefix="quant-accuracy-") as tmp:
-        rows = [accuracies(c, args.data, args.calibration_size, args.threads, Path(tmp))
-                for c in args.checkpoints]
+        rows = []
+        for c in args.checkpoints:
+            row = accuracies(c, args.data, args.calibration_size, args.threads, Path(tmp))
+            if args.qat_steps:
+                run = Path(tmp) / f"qat-{len(rows)}"
+                result = train(TrainConfig(init=c, qat=True, data=args.data, out=str(run),
+                                           max_steps=args.qat_steps, progress=False))
+                qat = accuracies(str(run / "best.safetensors"), args.data, args.calibration_size,
+                                 args.threads, Path(tmp))
+                row.update(qat_steps=args.qat_steps, qat_images=args.qat_steps * 256,
+                           qat_minutes=result.seconds / 60, acc_qat_float=qat["acc_pytorch"],
+                           acc_qat_int8=qat["acc_onnx_int8"], qat_simulated_int8=result.final_acc)
+            rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| checkpoint | model | PyTorch fp32 | ONNX fp32 | ONNX int8 | Δ int8 "
-          "| int8 = fp32 top-1 |")
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("| checkpoint | model | PyTorch fp32 | ONNX fp32 | ONNX int8 (PTQ) | Δ PTQ "
+          "| int8 = fp32 top-1 | int8 after QAT | Δ QAT |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         delta = 100 * (r["acc_onnx_int8"] - r["acc_pytorch"])
+        qat = (f"{r['acc_qat_int8']:.2%} ({r['qat_steps']} steps) | "
+               f"{100 * (r['acc_qat_int8'] - r['acc_pytorch']):+.2f} pt") if "acc_qat_int8" in r else "– | –"
         print(f"| {r['checkpoint']} | `{r['model']}` | {r['acc_pytorch']:.2%} | "
               f"{r['acc_onnx_fp32']:.2%} | {r['acc_onnx_int8']:.2%} | {delta:+.2f} pt | "
-              f"{r['int8_agrees_with_float']:.2%} |")
+              f"{r['int8_agrees_with_float']:.2%} | {qat} |")
     print(f"\n(wrote {out})")
     return 0
 

@@ -35,7 +35,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
         (f"_{args.tag}" if args.tag else "")
     cfg = TrainConfig(model=name, model_kwargs=kwargs, data=args.data, out=str(Path(args.runs) / tag),
                       recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      ema=args.ema, precision=args.precision, seed=args.seed, progress=False)
+                      warmup=args.warmup, ema=args.ema, precision=args.precision, seed=args.seed, progress=False)
     t0 = time.time()
     result = train(cfg)
     hist = result.history
@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--recipe", default="small-images")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--warmup", type=float, help="warm-up epochs (recipe default 1; use less for 1-3 epoch runs)")
     p.add_argument("--ema", type=float)
     p.add_argument("--precision", default="auto")
     p.add_argument("--seed", type=int, default=0)

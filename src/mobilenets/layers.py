@@ -42,14 +42,17 @@ class Conv2dSame(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding=0,
                          groups=groups, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` padded as TF 'SAME' would for this kernel and stride."""
         ih, iw = x.shape[-2], x.shape[-1]
         kh, kw = self.weight.shape[-2], self.weight.shape[-1]
         sh, sw = self.stride[0], self.stride[1]
         pad_h = max((ih + sh - 1) // sh * sh - sh + kh - ih, 0)
         pad_w = max((iw + sw - 1) // sw * sw - sw + kw - iw, 0)
-        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+        return F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(self.pad(x), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
 def make_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,

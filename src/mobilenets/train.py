@@ -39,10 +39,12 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from .augment import channel_stats, normalize, random_crop_flip, random_erasing
-from .checkpoint import atomic_write_bytes, load_state, model_meta, read_checkpoint, state_to_bytes
+from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, read_checkpoint,
+                         state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
 from .data import TensorImages, load_dataset
 from .errors import MobilenetsError, did_you_mean
+from .qat import calibrate, load_range_state, prepare_qat, range_state
 from .registry import create_model, model_options
 
 # --------------------------------------------------------------------------- recipes
@@ -70,6 +72,21 @@ RECIPES: dict[str, dict[str, Any]] = {
                      step_epochs=3.0, gamma=0.99, warmup=5.0, weight_decay=1e-5,
                      label_smoothing=0.1, ema=0.9999, epochs=600),
 }
+
+
+#: Quantization-aware fine-tuning starts from a trained model: a short schedule at a small
+#: fraction of the recipe's peak learning rate, no warm-up (the weights are already good),
+#: no EMA. Values the user gives still win.
+QAT_LR_FRACTION = 0.02
+
+
+def qat_defaults(recipe: dict[str, Any]) -> dict[str, Any]:
+    return {"epochs": 1, "lr": recipe["lr"] * QAT_LR_FRACTION, "warmup": 0.0, "ema": None}
+
+
+#: Images whose float activations set the int8 ranges before QAT starts (the same number
+#: ``mobilenets export --int8`` calibrates on by default).
+QAT_CALIBRATION_IMAGES = 256
 
 
 @dataclass
@@ -109,6 +126,8 @@ class TrainConfig:
     resume: bool = False
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
     stop_after_epoch: int | None = None  # stop resumably after this epoch (job time limits)
+    init: str | None = None  # start from this checkpoint's weights; its model and options win
+    qat: bool = False  # quantization-aware fine-tuning of ``init`` (see mobilenets.qat)
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
 
     def resolved(self) -> "TrainConfig":
@@ -117,6 +136,8 @@ class TrainConfig:
                                   f"recipes: {', '.join(RECIPES)}")
         base = dict(step_epochs=1.0, gamma=0.97, crop_padding=0, flip=True, erasing=0.0)
         base.update(RECIPES[self.recipe])
+        if self.qat:
+            base.update(qat_defaults(base))
         bn_momentum = base.pop("bn_momentum", None)  # a model option, given way to the user's
         values = {f.name: getattr(self, f.name) for f in fields(self)}
         if bn_momentum is not None:
@@ -146,6 +167,10 @@ class TrainConfig:
             (self.stop_after_epoch is None or self.stop_after_epoch >= 1,
              f"stop after epoch must be >= 1, got {self.stop_after_epoch}"),
             ((self.warmup or 0) >= 0, f"warm-up must be >= 0 epochs, got {self.warmup}"),
+            (not self.qat or bool(self.init), "--qat fine-tunes a trained float model: give its "
+                                              "checkpoint with --init CHECKPOINT"),
+            (not (self.qat and self.ema), "--qat does not combine with --ema (the averaged copy "
+                                          "would not see the int8 rounding); leave --ema off"),
             ((self.weight_decay or 0) >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (0 <= (self.erasing or 0) <= 1, f"random-erasing probability must be in [0, 1], got {self.erasing}"),
         ]
@@ -397,6 +422,10 @@ class Trainer:
             if world_size != saved_world and shards % world_size == 0:
                 overrides["accum_steps"] = shards // world_size
             config = replace(saved, resume=True, **overrides)
+        init = None
+        if config.init and not config.resume:
+            init = read_checkpoint(config.init)
+            config = self._from_init(config, init[1])
         self.cfg = config.resolved()
         cfg = self.cfg
         self.device = resolve_device(cfg.device, rank)
@@ -421,6 +450,8 @@ class Trainer:
         self.image_size = self.train_set.image_size
         self.small = isinstance(self.train_set, TensorImages) and self.train_set.kind == "small"
         self.preprocessing = self._preprocessing()
+        if init is not None:
+            self._check_init(init[1])
 
         kwargs = dict(cfg.model_kwargs)
         kwargs.setdefault("num_classes", len(self.classes))
@@ -434,6 +465,8 @@ class Trainer:
         self.model_kwargs = kwargs
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, **kwargs)
+        if init is not None and not cfg.resume:
+            load_state(self.model, init[0], source=cfg.init)
         if cfg.sync_bn:
             if world_size == 1:
                 raise MobilenetsError("--sync-bn only applies to distributed runs (--nproc-per-node > 1)")
@@ -442,7 +475,11 @@ class Trainer:
                                       "only); on CPUs leave it off")
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model.model_name, self.model.model_kwargs = cfg.model, dict(kwargs)
+        if cfg.qat:
+            prepare_qat(self.model)
         self.model = self.model.to(self.device)
+        if cfg.qat and not cfg.resume:
+            self._calibrate()
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ddp_model: nn.Module = self.model
@@ -475,6 +512,40 @@ class Trainer:
             self._load_state()
 
     # ---- setup helpers
+    @staticmethod
+    def _from_init(config: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
+        """The configuration with the model and options of the ``init`` checkpoint."""
+        name, kwargs = meta.get("model"), meta.get("model_kwargs", {})
+        if not isinstance(name, str) or not isinstance(kwargs, dict):
+            raise MobilenetsError(f"{config.init}: the metadata names no model to start from")
+        check_model_kwargs(name, kwargs, config.init)
+        return replace(config, model=name, model_kwargs={**config.model_kwargs, **kwargs})
+
+    def _check_init(self, meta: dict[str, Any]) -> None:
+        """The ``init`` checkpoint must fit the data; its normalization is kept (its weights
+        were trained on inputs normalized that way)."""
+        classes = meta.get("classes")
+        if classes is not None and list(classes) != self.classes:
+            shown = lambda c: ", ".join(map(str, c[:5])) + (" …" if len(c) > 5 else "")  # noqa: E731
+            raise MobilenetsError(f"{self.cfg.init} was trained on classes [{shown(list(classes))}] but "
+                                  f"{self.cfg.data} has [{shown(self.classes)}]")
+        pre = meta.get("preprocessing")
+        if isinstance(pre, dict) and "mean" in pre and "std" in pre:
+            if len(pre["mean"]) != self.channels:
+                raise MobilenetsError(f"{self.cfg.init} expects {len(pre['mean'])}-channel images; "
+                                      f"{self.cfg.data} has {self.channels}")
+            self.preprocessing = {**self.preprocessing, "mean": list(pre["mean"]), "std": list(pre["std"])}
+
+    def _calibrate(self) -> None:
+        """Start QAT from the post-training int8 model: activation ranges from the float
+        network on the first images of a seeded permutation (the same on every rank)."""
+        g = torch.Generator().manual_seed(_seed(self.cfg.seed, 0x0CA1))
+        idx = torch.randperm(len(self.train_set), generator=g)[:QAT_CALIBRATION_IMAGES]
+        batches = (normalize(images, self.preprocessing["mean"], self.preprocessing["std"]).to(self.device)
+                   for images, _ in _iterate(self.train_set, idx, 64, self.cfg.workers))
+        seen = calibrate(self.model, batches)
+        self._log(f"quantization-aware training: int8 ranges calibrated on {seen} training images")
+
     def _preprocessing(self) -> dict[str, Any]:
         if isinstance(self.train_set, TensorImages):
             mean, std = channel_stats(self.train_set.images)
@@ -503,6 +574,8 @@ class Trainer:
         meta = model_meta(self.model, classes=self.classes, preprocessing=self.preprocessing,
                           epoch=self.epoch, recipe=self.cfg.recipe)
         meta["model_kwargs"] = dict(self.model_kwargs)
+        if self.cfg.qat:
+            meta["qat"] = {"init": self.cfg.init, "simulates": "onnxruntime int8 (mobilenets.qat)"}
         meta.update(extra)
         return meta
 
@@ -516,6 +589,8 @@ class Trainer:
                     tensors[f"train/opt/{pid}/{k}"] = v
                 else:
                     opt_meta["scalars"][f"{pid}/{k}"] = v
+        for k, v in range_state(self.model).items():
+            tensors[f"train/qat/{k}"] = v
         if self.ema is not None:
             for k, v in self.ema.module.state_dict().items():
                 tensors[f"train/ema/{k}"] = v
@@ -553,6 +628,9 @@ class Trainer:
                 pid, name = k.split("/", 1)
                 opt_state.setdefault(int(pid), {})[name] = v
             self.optimizer.load_state_dict({"state": opt_state, "param_groups": opt_meta["param_groups"]})
+            if self.cfg.qat:
+                load_range_state(self.model, {k[len("train/qat/"):]: v for k, v in tensors.items()
+                                              if k.startswith("train/qat/")}, source=str(self.run_dir / "last.safetensors"))
             if self.ema is not None:
                 ema_sd = {k[len("train/ema/"):]: v for k, v in tensors.items() if k.startswith("train/ema/")}
                 self.ema.module.load_state_dict(ema_sd)
@@ -738,6 +816,7 @@ class Trainer:
                   f"{len(self.classes)} classes; {cfg.epochs} epochs × {self.steps_per_epoch} steps, "
                   f"batch {self.global_batch}, {cfg.optimizer} lr {cfg.lr:g}, {self.precision}"
                   + (f", {self.world_size} processes" if self.world_size > 1 else "")
+                  + (", quantization-aware (int8 simulated)" if cfg.qat else "")
                   + (f" (resuming at epoch {self.epoch + 1})" if cfg.resume else ""))
         t_start = time.perf_counter()
         with _interrupt_guard() as interrupted:

@@ -17,7 +17,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     from .train import RECIPES
 
     p = sub.add_parser("train", help="train a model on Fashion-MNIST, MNIST, CIFAR or an image folder")
-    p.add_argument("--model", default="mobilenet_v3_small", help="model name (default mobilenet_v3_small)")
+    p.add_argument("--model", help="model name (default mobilenet_v3_small; with --init, the checkpoint's)")
     p.add_argument("--data", default="fashion-mnist",
                    help="fashion-mnist, mnist, or a directory (IDX files, CIFAR pickles, image folder)")
     p.add_argument("--out", default="runs/train", help="run directory (checkpoints, metrics, plots)")
@@ -43,6 +43,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="bf16 autocast where the CPU supports it (auto) or forced")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--init", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (model and options come from it)")
+    p.add_argument("--qat", action="store_true",
+                   help="quantization-aware fine-tuning of --init for int8 export (README: Deployment)")
     p.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
     p.add_argument("--stop-after-epoch", type=int, help="stop resumably after this epoch")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -100,10 +104,18 @@ def _config_from_args(args: argparse.Namespace):
     given.update(device=args.device, accum_steps=args.accum_steps, sync_bn=args.sync_bn)
     if given.get("ema") == 0:
         given["ema"] = None
-    return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
+    model = args.model or "mobilenet_v3_small"
+    if args.init and not args.resume:
+        from .checkpoint import read_checkpoint
+
+        _, meta = read_checkpoint(args.init)
+        if args.model and args.model != meta.get("model"):
+            raise MobilenetsError(f"--model {args.model} but {args.init} holds {meta.get('model')}; "
+                                  "leave --model out with --init")
+    return TrainConfig(model=model, model_kwargs=model_kwargs_from_args(args), data=args.data,
                        out=args.out, recipe=args.recipe, workers=args.workers, seed=args.seed,
                        precision=args.precision, channels_last=args.channels_last,
-                       resume=args.resume, strict=args.strict, **given)
+                       resume=args.resume, strict=args.strict, init=args.init, qat=args.qat, **given)
 
 
 _LAUNCHER_FLAGS = {"--nproc-per-node": True, "--nnodes": True, "--node-rank": True, "--rdzv-endpoint": True}

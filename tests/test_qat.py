@@ -1,0 +1,173 @@
+"""Quantization-aware training: the simulation is onnxruntime's int8 scheme, the model
+contract survives, and ``train --qat`` fine-tunes, checkpoints, resumes and exports."""
+
+import copy
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import mobilenets
+from datagen import make_idx_dir, randomize_batchnorm
+from mobilenets import MobilenetsError, deploy
+from mobilenets.checkpoint import load_model, read_checkpoint
+from mobilenets.cli import main
+from mobilenets.qat import ActivationQuant, calibrate, fake_quant_weight, is_qat, prepare_qat
+from mobilenets.train import TrainConfig, train
+
+pytest.importorskip("onnxruntime")
+
+PRE = {"input_size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3}
+TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16, lr=0.05,
+            warmup=0.0, precision="fp32", progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _net(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return randomize_batchnorm(mobilenets.create_model(name, num_classes=10, small_input=True, width_mult=0.5), 1)
+
+
+def _images(n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    imgs = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return imgs, torch.from_numpy(deploy.preprocess(imgs, PRE))
+
+
+def test_weight_rounding_is_onnxruntime_per_channel_symmetric_int8():
+    w = torch.randn(8, 3, 3, 3)
+    q = fake_quant_weight(w)
+    scale = w.abs().amax((1, 2, 3), keepdim=True) / 127
+    assert torch.allclose(q, torch.clamp(torch.round(w / scale), -127, 127) * scale, atol=1e-7)
+    assert q.abs().amax((1, 2, 3)).sub(w.abs().amax((1, 2, 3))).abs().max() < 1e-6  # the extremes are exact
+    w.requires_grad_(True)
+    fake_quant_weight(w).sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))  # straight through
+
+
+@pytest.mark.parametrize("name", mobilenets.list_models())
+def test_prepare_keeps_parameters_keys_and_contract(name):
+    model = _net(name)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = prepare_qat(copy.deepcopy(model))
+    assert is_qat(q) and list(q.state_dict()) == list(before)
+    assert all(torch.equal(before[k], v) for k, v in q.state_dict().items())
+    x = torch.randn(2, 3, 32, 32)
+    q.train()
+    q(x).sum().backward()
+    assert all(p.grad is not None for p in q.parameters())
+    q.eval()
+    assert q.forward_head(q.forward_features(x)).shape == (2, 10)
+    with pytest.raises(MobilenetsError, match="already prepared"):
+        prepare_qat(q)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v2"])
+def test_calibrated_simulation_is_what_onnxruntime_runs(name, tmp_path):
+    """Calibrated on the same images, every activation range onnxruntime picks is one of
+    the simulation's, and the simulated logits are much closer to the int8 model's than the
+    float logits are (what remains are one-step rounding flips of onnxruntime's integer
+    requantization)."""
+    model = _net(name)
+    imgs, x = _images()
+    art = deploy.export_model(model, "onnx", tmp_path / "m.onnx", preprocessing=PRE, int8=True,
+                              calibration_images=imgs, tolerance=10)
+    int8 = deploy.load_artifact(art.path)(x.numpy())
+    proto = onnx.load(str(art.path))
+    init = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    ort_scales = {float(init[n.input[1]]) for n in proto.graph.node
+                  if n.op_type == "QuantizeLinear" and init[n.input[1]].size == 1}
+    q = prepare_qat(copy.deepcopy(model))
+    assert calibrate(q, [x[:8], x[8:]]) == 16
+    ours = [float(m.qparams()[0]) for m in q.modules() if isinstance(m, ActivationQuant)]
+    for s in ort_scales:
+        assert min(abs(s - o) / s for o in ours) < 1e-5, s
+    with torch.no_grad():
+        sim, ref = q(x).numpy(), model(x).numpy()
+    print(name, np.abs(sim - int8).mean() / np.abs(ref - int8).mean())
+    assert np.abs(sim - int8).mean() < 0.3 * np.abs(ref - int8).mean()
+
+
+def test_calibration_observes_the_float_network():
+    model = _net("mobilenet_v3_small")
+    _, x = _images()
+    q = prepare_qat(copy.deepcopy(model))
+    calibrate(q, [x])
+    first = q.features[0].output_quant
+    with torch.no_grad():  # the stem's output: conv+BN, before its hard-swish
+        stem = deploy.prepare_for_inference(model).features[0].conv(x)
+    assert float(first.min_val) == pytest.approx(min(float(stem.min()), 0.0), rel=1e-5)
+    assert float(first.max_val) == pytest.approx(max(float(stem.max()), 0.0), rel=1e-5)
+    assert all(m.quantize for m in q.modules() if isinstance(m, ActivationQuant))
+
+
+@pytest.fixture(scope="module")
+def float_run(tmp_path_factory):
+    data = make_idx_dir(tmp_path_factory.mktemp("qdata") / "tiny", n_train=96, n_test=32)
+    run = tmp_path_factory.mktemp("float") / "run"
+    train(TrainConfig(**TINY, data=str(data), out=str(run), epochs=2))
+    return data, run / "best.safetensors"
+
+
+def _qat(data, init, out, **kw):
+    return train(TrainConfig(**{**TINY, "model": "mobilenet_v1", "data": str(data), "out": str(out),
+                                "init": str(init), "qat": True, **kw}))
+
+
+def test_qat_fine_tunes_into_a_plain_float_checkpoint(float_run, tmp_path):
+    data, init = float_run
+    result = _qat(data, init, tmp_path / "q", epochs=1, lr=None)
+    float_model, float_meta = load_model(init)
+    model, meta = load_model(tmp_path / "q" / "best.safetensors")
+    assert meta["model"] == "mobilenet_v3_small"  # the checkpoint's model, not the config's
+    assert meta["qat"]["init"] == str(init) and meta["preprocessing"] == float_meta["preprocessing"]
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, float_model.state_dict()[k])]
+    assert changed and all("running_" not in k for k in changed)  # BN statistics frozen
+    config = read_checkpoint(tmp_path / "q" / "last.safetensors")[1]["train_state"]
+    assert result.epochs_done == 1 and config["history"][0]["lr"] < 0.05 * 0.02 + 1e-12
+    art = deploy.export_checkpoint(tmp_path / "q" / "best.safetensors", "onnx",
+                                   output=tmp_path / "q.int8.onnx", int8=True, calibration_data=str(data))
+    assert art.parity.ok
+
+
+def test_qat_resume_is_exact(float_run, tmp_path):
+    data, init = float_run
+    _qat(data, init, tmp_path / "full", epochs=2)
+    _qat(data, init, tmp_path / "split", epochs=2, stop_after_epoch=1)
+    train(TrainConfig(out=str(tmp_path / "split"), resume=True, progress=False))
+    full, _ = read_checkpoint(tmp_path / "full" / "last.safetensors")
+    split, _ = read_checkpoint(tmp_path / "split" / "last.safetensors")
+    assert any(k.startswith("train/qat/") for k in full) and full.keys() == split.keys()
+    for k in full:
+        assert torch.equal(full[k], split[k]), k
+
+
+def test_qat_user_errors(float_run, tmp_path, capsys):
+    data, init = float_run
+    with pytest.raises(MobilenetsError, match="--init"):
+        train(TrainConfig(**TINY, data=str(data), out=str(tmp_path / "a"), qat=True))
+    with pytest.raises(MobilenetsError, match="--ema"):
+        _qat(data, init, tmp_path / "b", ema=0.9)
+    assert main(["train", "--qat", "--init", str(init), "--model", "mobilenet_v2", "--data", str(data),
+                 "--out", str(tmp_path / "c")]) == 2
+    assert "holds mobilenet_v3_small" in capsys.readouterr().err
+    other = make_idx_dir(tmp_path / "other", n_train=32, n_test=16, classes=3)
+    assert main(["train", "--qat", "--init", str(init), "--data", str(other), "--out", str(tmp_path / "d")]) == 2
+    assert "trained on classes" in capsys.readouterr().err
+
+
+def test_qat_cli(float_run, tmp_path, capsys):
+    data, init = float_run
+    assert main(["train", "--qat", "--init", str(init), "--data", str(data), "--out", str(tmp_path / "q"),
+                 "--batch-size", "16", "--max-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "quantization-aware" in out and "calibrated on 96 training images" in out
+    assert read_checkpoint(tmp_path / "q" / "best.safetensors")[1]["qat"]
