@@ -672,20 +672,29 @@ class Trainer:
     def _micro_batches(self, epoch: int, start: int) -> list[tuple[int, int, torch.Tensor]]:
         """``(step, shard, indices)`` for this rank, from ``start`` to the end of the epoch.
 
-        Global batch ``k`` is ``perm[k·B:(k+1)·B]`` of the epoch's seeded permutation; it is cut
-        into ``world_size × accum_steps`` shards, and rank ``r`` processes shards
-        ``r·A … r·A + A - 1``. So any world size and accumulation that multiply to the same
-        shard count see the same micro-batches: 2 processes equal 1 process accumulating 2.
+        Each global batch is cut into ``S = world_size × accum_steps`` shards, and PyTorch's
+        ``DistributedSampler`` deals the epoch's shuffled indices to the ``S`` shards
+        (``set_epoch`` reshuffles every epoch, seeded by ``seed``). Shard ``s`` gets
+        ``perm[s::S]``, so its ``k``-th micro-batch of ``B/S`` holds ``perm[k·B + s + S·j]``
+        and the ``S`` micro-batches of step ``k`` together are exactly ``perm[k·B:(k+1)·B]``.
+        Rank ``r`` processes shards ``r·A … r·A + A − 1``: any world size and accumulation
+        that multiply to the same ``S`` see the same micro-batches (2 processes equal 1
+        process accumulating 2, tested).
         """
-        g = torch.Generator().manual_seed(_seed(self.cfg.seed, epoch))
-        perm = torch.randperm(len(self.train_set), generator=g)
-        shards, accum, batch = self.world_size * self.cfg.accum_steps, self.cfg.accum_steps, self.cfg.batch_size
+        from torch.utils.data.distributed import DistributedSampler
+
+        shards, accum = self.world_size * self.cfg.accum_steps, self.cfg.accum_steps
+        micro = self.cfg.batch_size // shards
         out = []
-        for step in range(start, self.steps_per_epoch):
-            global_batch = perm[step * batch:(step + 1) * batch]
-            for a in range(accum):
-                shard = self.rank * accum + a
-                out.append((step, shard, global_batch[shard::shards]))
+        for a in range(accum):
+            shard = self.rank * accum + a
+            sampler = DistributedSampler(range(len(self.train_set)), num_replicas=shards, rank=shard,
+                                         shuffle=True, seed=self.cfg.seed, drop_last=True)
+            sampler.set_epoch(epoch)
+            own = torch.tensor(list(sampler), dtype=torch.int64)
+            out += [(step, shard, own[step * micro:(step + 1) * micro])
+                    for step in range(start, self.steps_per_epoch)]
+        out.sort(key=lambda item: (item[0], item[1]))  # step by step, shards in order
         return out
 
     def train_epoch(self, epoch: int, bar) -> dict[str, float]:
