@@ -152,3 +152,25 @@ def test_unknown_model_and_option_name_the_closest():
         mobilenets.create_model("mobilenet_v1", padding="valid")
     with pytest.raises(mobilenets.MobilenetsError, match="width_mult"):
         mobilenets.create_model("mobilenet_v1", width_mult=0)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small"])
+def test_cpu_bf16_autocast_keeps_depthwise_convolutions_in_fp32(name):
+    """oneDNN's bf16 depthwise kernels are slow on CPUs, so under autocast the depthwise
+    convolutions run in fp32 and the pointwise ones in bf16; gradients still reach all."""
+    from mobilenets.layers import ConvNormAct
+
+    model = mobilenets.create_model(name, num_classes=5, **SMALL).train()
+    seen: dict[str, set] = {"depthwise": set(), "other": set()}
+    for m in model.modules():
+        if isinstance(m, ConvNormAct):
+            kind = "depthwise" if m.conv.groups > 1 else "other"
+            m.conv.register_forward_hook(lambda mod, i, o, kind=kind: seen[kind].add(o.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 32, 32))
+    out.float().sum().backward()
+    assert seen == {"depthwise": {torch.float32}, "other": {torch.bfloat16}}
+    assert all(p.grad is not None for p in model.parameters())
+    with torch.no_grad():  # without autocast nothing changes
+        model.eval()
+        assert model(torch.randn(1, 3, 32, 32)).dtype == torch.float32

@@ -85,6 +85,27 @@ class ConvNormAct(nn.Sequential):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.stride = stride
+        self.depthwise = groups > 1 and groups == in_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if self.depthwise and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+                return self._fp32_depthwise(x)
+        for layer in self:
+            x = layer(x)
+        return x
+
+    @torch.jit.unused
+    def _fp32_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """Under CPU autocast, the depthwise convolution in fp32: oneDNN's bf16 depthwise
+        kernels are 3-15× slower than its fp32 ones (forward + backward, measured for
+        benchmarks/train_throughput.py), while the pointwise convolutions, where bf16 pays,
+        stay under autocast."""
+        with torch.autocast("cpu", enabled=False):
+            x = self.conv(x.float())
+        for layer in list(self)[1:]:
+            x = layer(x)
+        return x
 
 
 class SqueezeExcite(nn.Module):
