@@ -171,3 +171,16 @@ def test_qat_cli(float_run, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "quantization-aware" in out and "calibrated on 96 training images" in out
     assert read_checkpoint(tmp_path / "q" / "best.safetensors")[1]["qat"]
+
+
+def test_init_starts_from_the_checkpoint(float_run, tmp_path):
+    from mobilenets.train import Trainer
+
+    data, init = float_run
+    model, meta = load_model(init)
+    trainer = Trainer(TrainConfig(**{**TINY, "model": "mobilenet_v2", "model_kwargs": {}}, data=str(data),
+                                  out=str(tmp_path / "ft"), init=str(init)))
+    assert trainer.cfg.model == "mobilenet_v3_small" and not is_qat(trainer.model)
+    for k, v in model.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[k], v), k
+    assert trainer.preprocessing["mean"] == meta["preprocessing"]["mean"]
