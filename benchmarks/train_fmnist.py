@@ -45,7 +45,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
     model = mobilenets.create_model(name, num_classes=10, in_chans=1, small_input=True, **kwargs)
     prof = profile(model, 28)
     return {"run": tag, "model": name, "model_kwargs": kwargs, "recipe": args.recipe,
-            "epochs": args.epochs, "final_top1": accs[-1], "best_top1": max(accs),
+            "epochs": args.epochs, "warmup_epochs": args.warmup, "final_top1": accs[-1], "best_top1": max(accs),
             "best_epoch": accs.index(max(accs)) + 1, "train_minutes": train_minutes[-1],
             "wall_minutes": (time.time() - t0) / 60, "minutes_to_93": reach93,
             "per_epoch_top1": accs, "params": prof.params, "madds_28px": prof.madds,
