@@ -92,7 +92,6 @@ def test_calibrated_simulation_is_what_onnxruntime_runs(name, tmp_path):
         assert min(abs(s - o) / s for o in ours) < 1e-5, s
     with torch.no_grad():
         sim, ref = q(x).numpy(), model(x).numpy()
-    print(name, np.abs(sim - int8).mean() / np.abs(ref - int8).mean())
     assert np.abs(sim - int8).mean() < 0.3 * np.abs(ref - int8).mean()
 
 
