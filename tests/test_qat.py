@@ -117,7 +117,7 @@ def float_run(tmp_path_factory):
 
 
 def _qat(data, init, out, **kw):
-    return train(TrainConfig(**{**TINY, "model": "mobilenet_v1", "data": str(data), "out": str(out),
+    return train(TrainConfig(**{**TINY, "model": None, "data": str(data), "out": str(out),
                                 "init": str(init), "qat": True, **kw}))
 
 
@@ -126,7 +126,7 @@ def test_qat_fine_tunes_into_a_plain_float_checkpoint(float_run, tmp_path):
     result = _qat(data, init, tmp_path / "q", epochs=1, lr=None)
     float_model, float_meta = load_model(init)
     model, meta = load_model(tmp_path / "q" / "best.safetensors")
-    assert meta["model"] == "mobilenet_v3_small"  # the checkpoint's model, not the config's
+    assert meta["model"] == "mobilenet_v3_small"  # the checkpoint's model
     assert meta["qat"]["init"] == str(init) and meta["preprocessing"] == float_meta["preprocessing"]
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, float_model.state_dict()[k])]
     assert changed and all("running_" not in k for k in changed)  # BN statistics frozen
@@ -155,6 +155,8 @@ def test_qat_user_errors(float_run, tmp_path, capsys):
         train(TrainConfig(**TINY, data=str(data), out=str(tmp_path / "a"), qat=True))
     with pytest.raises(MobilenetsError, match="--ema"):
         _qat(data, init, tmp_path / "b", ema=0.9)
+    with pytest.raises(MobilenetsError, match="holds mobilenet_v3_small"):
+        _qat(data, init, tmp_path / "b2", model="mobilenet_v1")
     assert main(["train", "--qat", "--init", str(init), "--model", "mobilenet_v2", "--data", str(data),
                  "--out", str(tmp_path / "c")]) == 2
     assert "holds mobilenet_v3_small" in capsys.readouterr().err
@@ -177,7 +179,7 @@ def test_init_starts_from_the_checkpoint(float_run, tmp_path):
 
     data, init = float_run
     model, meta = load_model(init)
-    trainer = Trainer(TrainConfig(**{**TINY, "model": "mobilenet_v2", "model_kwargs": {}}, data=str(data),
+    trainer = Trainer(TrainConfig(**{**TINY, "model": None, "model_kwargs": {}}, data=str(data),
                                   out=str(tmp_path / "ft"), init=str(init)))
     assert trainer.cfg.model == "mobilenet_v3_small" and not is_qat(trainer.model)
     for k, v in model.state_dict().items():

@@ -93,7 +93,7 @@ QAT_CALIBRATION_IMAGES = 256
 class TrainConfig:
     """Everything that defines a run; ``None`` means "take it from the recipe"."""
 
-    model: str = "mobilenet_v3_small"
+    model: str | None = None  # None: mobilenet_v3_small, or the ``init`` checkpoint's model
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data: str = "fashion-mnist"
     out: str = "runs/train"
@@ -140,6 +140,7 @@ class TrainConfig:
             base.update(qat_defaults(base))
         bn_momentum = base.pop("bn_momentum", None)  # a model option, given way to the user's
         values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["model"] = values["model"] or "mobilenet_v3_small"
         if bn_momentum is not None:
             values["model_kwargs"] = {"bn_momentum": bn_momentum, **values["model_kwargs"]}
         for k, v in base.items():
@@ -524,6 +525,9 @@ class Trainer:
         if not isinstance(name, str) or not isinstance(kwargs, dict):
             raise MobilenetsError(f"{config.init}: the metadata names no model to start from")
         check_model_kwargs(name, kwargs, config.init)
+        if config.model is not None and config.model != name:
+            raise MobilenetsError(f"model {config.model} was asked for but {config.init} holds {name}; "
+                                  "leave the model out with --init")
         return replace(config, model=name, model_kwargs={**config.model_kwargs, **kwargs})
 
     def _check_init(self, meta: dict[str, Any]) -> None:

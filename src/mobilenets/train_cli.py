@@ -104,15 +104,7 @@ def _config_from_args(args: argparse.Namespace):
     given.update(device=args.device, accum_steps=args.accum_steps, sync_bn=args.sync_bn)
     if given.get("ema") == 0:
         given["ema"] = None
-    model = args.model or "mobilenet_v3_small"
-    if args.init and not args.resume:
-        from .checkpoint import read_checkpoint
-
-        _, meta = read_checkpoint(args.init)
-        if args.model and args.model != meta.get("model"):
-            raise MobilenetsError(f"--model {args.model} but {args.init} holds {meta.get('model')}; "
-                                  "leave --model out with --init")
-    return TrainConfig(model=model, model_kwargs=model_kwargs_from_args(args), data=args.data,
+    return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
                        out=args.out, recipe=args.recipe, workers=args.workers, seed=args.seed,
                        precision=args.precision, channels_last=args.channels_last,
                        resume=args.resume, strict=args.strict, init=args.init, qat=args.qat, **given)
