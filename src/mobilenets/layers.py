@@ -98,8 +98,8 @@ class ConvNormAct(nn.Sequential):
     @torch.jit.unused
     def _fp32_depthwise(self, x: torch.Tensor) -> torch.Tensor:
         """Under CPU autocast, the depthwise convolution in fp32: oneDNN's bf16 depthwise
-        kernels are 3-15× slower than its fp32 ones (forward + backward, measured for
-        benchmarks/train_throughput.py), while the pointwise convolutions, where bf16 pays,
+        kernels measured up to 17× slower than its fp32 ones (forward + backward,
+        ``benchmarks/cpu_kernels.py``), while the pointwise convolutions, where bf16 pays,
         stay under autocast."""
         with torch.autocast("cpu", enabled=False):
             x = self.conv(x.float())

@@ -51,8 +51,8 @@ class _RoundTrip(torch.autograd.Function):
 
     The same arithmetic as onnxruntime's QuantizeLinear/DequantizeLinear (division by the
     scale, ties to even) and the same gradient as ``torch.fake_quantize_per_tensor_affine``,
-    whose CPU kernel is about 4× slower on channels-last activations (measured: 23-31 ms
-    against 6-8 ms forward+backward for a 128×72×14×14 tensor, 1 thread).
+    whose CPU kernel is slower on channels-last activations (×1.7 forward + backward on a
+    128×72×14×14 tensor, 1 thread, ``benchmarks/cpu_kernels.py``).
     """
 
     @staticmethod
