@@ -324,16 +324,31 @@ class ImageCalibrationReader:
         return {self.input_name: preprocess(batch, self.preprocessing)}
 
 
+#: Ops through which a tensor's scale passes unchanged: ``op(k·x) = k·op(x)`` (``Mul``
+#: only when the other factor does not depend on ``x`` too; checked where used).
+_LINEAR_OPS = frozenset({"GlobalAveragePool", "ReduceMean", "Flatten", "Reshape", "Mul"})
+
+
 def int8_friendly(proto: Any) -> Any:
-    """Rewrite the three float-only ops of MobileNets into ops onnxruntime runs in int8.
+    """Rewrite MobileNets' float-only ops into ops onnxruntime runs in int8, fewest first.
 
     onnxruntime has no int8 kernel for ``HardSwish``, ``HardSigmoid`` or ``ReduceMean``:
-    quantized as they are, each is dequantized, computed in float and requantized. As
-    ``Mul``/``Add``/``Clip`` and ``GlobalAveragePool`` they become ``QLinearMul``,
-    ``QLinearAdd`` (the ``Clip`` is absorbed into the quantization range) and
-    ``QLinearGlobalAveragePool``. The maths is identical:
-    ``HardSigmoid(x) = Clip(αx + β, 0, 1)``, ``HardSwish(x) = x · HardSigmoid(x)`` with
-    α = 1/6, β = 1/2, and ``ReduceMean`` over H, W with ``keepdims`` is global pooling.
+    quantized as they are, each is dequantized, computed in float and requantized. The
+    same function is computed here by ``Add``/``Mul``/``Clip`` (``QLinearAdd``/
+    ``QLinearMul``; a ``Clip`` is absorbed into its input's quantization range) and
+    ``GlobalAveragePool``. Each element-wise op is a pass over the feature map, so
+    constant factors are folded into convolution weights where the maths allows:
+
+    * ``HardSigmoid(z) = Clip(αz + β, 0, 1)``: when ``z`` comes only from a convolution
+      (squeeze-excite's second layer), α and β go into its weight and bias, and only the
+      ``Clip`` remains: no pass at all.
+    * ``HardSwish(x) = x · Clip(x + 3, 0, 6) / 6``: the ``/6`` goes into the weights of
+      the convolutions or linear layers that read the result, when every path to them
+      is linear (pooling, reshapes, squeeze-excite's gating ``Mul``): two passes.
+      Otherwise (a residual ``Add`` reads it) ``x · Clip(x/6 + ½, 0, 1)``: three.
+
+    ``ReduceMean`` over H, W with ``keepdims`` becomes ``GlobalAveragePool``. The
+    rewritten graph computes the same function up to float rounding (tested).
     """
     import onnx
     from onnx import helper, numpy_helper
@@ -341,12 +356,71 @@ def int8_friendly(proto: Any) -> Any:
     proto = copy.deepcopy(proto)
     graph = proto.graph
     inits = {t.name: t for t in graph.initializer}
+    arrays: dict[str, np.ndarray] = {}  # initializers changed by folding
+    consumers: dict[str, list[int]] = {}
+    producer: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+        for name in node.output:
+            producer[name] = i
+    graph_outputs = {o.name for o in graph.output}
 
     def const(name: str, value: float) -> str:
         if name not in inits:
             inits[name] = numpy_helper.from_array(np.array(value, dtype=np.float32), name)
-            graph.initializer.append(inits[name])
         return name
+
+    def array(name: str) -> np.ndarray:
+        if name not in arrays:
+            arrays[name] = numpy_helper.to_array(inits[name]).astype(np.float32)
+        return arrays[name]
+
+    def own_weight(node: Any, k: int) -> bool:
+        """``node``'s input ``k`` is an initializer that no other node reads."""
+        return (len(node.input) > k and node.input[k] in inits
+                and len(consumers[node.input[k]]) == 1)
+
+    def linear_readers(tensor: str) -> list[Any] | None:
+        """The Conv/Gemm nodes that read ``tensor`` through linear ops, or None if any
+        path ends anywhere else (a graph output, a residual ``Add``, an activation)."""
+        readers, seen, stack = [], set(), [tensor]
+        while stack:
+            t = stack.pop()
+            if t in graph_outputs:
+                return None
+            for i in consumers.get(t, []):
+                node = graph.node[i]
+                if i in seen or list(node.input).count(t) != 1:
+                    return None  # reached twice: a product of two scaled factors
+                seen.add(i)
+                if node.op_type in ("Conv", "Gemm") and node.input[0] == t and own_weight(node, 1):
+                    readers.append(node)
+                elif node.op_type in _LINEAR_OPS and (node.op_type == "Mul" or node.input[0] == t):
+                    stack.append(node.output[0])
+                else:
+                    return None
+        return readers
+
+    def fold_into_producer(z: str, alpha: float, beta: float) -> bool:
+        """Make the convolution producing ``z`` compute ``αz + β`` instead."""
+        if z not in producer or z in graph_outputs or len(consumers[z]) != 1:
+            return False
+        conv = graph.node[producer[z]]
+        if conv.op_type != "Conv" or not own_weight(conv, 1):
+            return False
+        if len(conv.input) > 2 and not own_weight(conv, 2):
+            return False
+        weight = array(conv.input[1])
+        if len(conv.input) > 2:
+            bias = array(conv.input[2])
+        else:
+            bias = np.zeros(weight.shape[0], dtype=np.float32)
+            conv.input.append(f"{conv.input[1]}_int8_bias")
+            inits[conv.input[2]] = numpy_helper.from_array(bias, conv.input[2])
+        arrays[conv.input[1]] = weight * np.float32(alpha)
+        arrays[conv.input[2]] = bias * np.float32(alpha) + np.float32(beta)
+        return True
 
     def hard_sigmoid(x: str, y: str, alpha: float, beta: float, prefix: str) -> list[Any]:
         ax, axb = prefix + "_ax", prefix + "_axb"
@@ -360,22 +434,36 @@ def int8_friendly(proto: Any) -> Any:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         prefix = f"int8_{i}_{node.op_type}"
         if node.op_type == "HardSwish":
-            nodes += hard_sigmoid(node.input[0], prefix + "_gate", 1 / 6, 0.5, prefix)
-            nodes.append(helper.make_node("Mul", [node.input[0], prefix + "_gate"],
-                                          list(node.output)))
+            x, y = node.input[0], node.output[0]
+            readers = linear_readers(y)
+            if readers:
+                for reader in readers:
+                    arrays[reader.input[1]] = array(reader.input[1]) / np.float32(6)
+                nodes += [helper.make_node("Add", [x, const("int8_three", 3.0)], [prefix + "_x3"]),
+                          helper.make_node("Clip", [prefix + "_x3", const("int8_zero", 0.0),
+                                                    const("int8_six", 6.0)], [prefix + "_gate"]),
+                          helper.make_node("Mul", [x, prefix + "_gate"], [y])]
+            else:
+                nodes += hard_sigmoid(x, prefix + "_gate", 1 / 6, 0.5, prefix)
+                nodes.append(helper.make_node("Mul", [x, prefix + "_gate"], [y]))
         elif node.op_type == "HardSigmoid":
-            nodes += hard_sigmoid(node.input[0], node.output[0], attrs.get("alpha", 0.2),
-                                  attrs.get("beta", 0.5), prefix)
+            alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
+            if fold_into_producer(node.input[0], alpha, beta):
+                nodes.append(helper.make_node("Clip", [node.input[0], const("int8_zero", 0.0),
+                                                       const("int8_one", 1.0)], list(node.output)))
+            else:
+                nodes += hard_sigmoid(node.input[0], node.output[0], alpha, beta, prefix)
         elif node.op_type == "ReduceMean" and _is_spatial_mean(node, attrs, inits):
             nodes.append(helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output)))
         else:
             nodes.append(node)
+    for name, value in arrays.items():
+        inits[name] = numpy_helper.from_array(value, name)
     del graph.node[:]
     graph.node.extend(nodes)
     used = {name for node in nodes for name in node.input}
-    kept = [t for t in graph.initializer if t.name in used]  # the replaced ReduceMeans' axes go
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    del graph.initializer[:]  # the replaced ReduceMeans' axes go
+    graph.initializer.extend(t for name, t in inits.items() if name in used)
     onnx.checker.check_model(proto)
     return proto
 
