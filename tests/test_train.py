@@ -1,6 +1,7 @@
 """Training, checkpoints, exact resume, evaluation and prediction on tiny generated data."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -70,6 +71,21 @@ def test_resume_is_exact(idx_dir, tmp_path):
     assert [h["val_acc"] for h in full_hist] == [h["val_acc"] for h in split_hist]
 
 
+def test_last_checkpoint_loads_evaluates_and_initialises_like_best(idx_dir, tmp_path, capsys):
+    """``last.safetensors`` also holds the training state; loading, ``eval`` and ``--init``
+    take its model weights (after one epoch without EMA, the same as ``best``)."""
+    run = tmp_path / "one"
+    train(_cfg(idx_dir, run, epochs=1))
+    assert any(k.startswith("train/") for k in read_checkpoint(run / "last.safetensors")[0])
+    last, best = load_model(run / "last.safetensors")[0], load_model(run / "best.safetensors")[0]
+    for (k, a), b in zip(last.state_dict().items(), best.state_dict().values()):
+        assert torch.equal(a, b), k
+    capsys.readouterr()
+    assert main(["eval", str(run / "last.safetensors"), "--data", str(idx_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 32
+    train(_cfg(idx_dir, tmp_path / "init", epochs=1, init=str(run / "last.safetensors"), max_steps=1))
+
+
 def test_resume_without_a_run_is_a_clear_error(idx_dir, tmp_path):
     with pytest.raises(MobilenetsError, match="nothing to resume"):
         train(_cfg(idx_dir, tmp_path / "none", resume=True))
@@ -106,6 +122,27 @@ def test_evaluate_known_answers():
     assert res.count == 10
 
 
+class _LeftRight(torch.nn.Module):
+    """Logits (10·left-half mean, 10·right-half mean + 1): mirroring swaps the halves."""
+
+    def forward(self, x):
+        w = x.shape[-1] // 2
+        left, right = x[..., :w].mean(dim=(1, 2, 3)), x[..., w:].mean(dim=(1, 2, 3))
+        return torch.stack([10 * left, 10 * right + 1], dim=1)
+
+
+def test_evaluate_tta_averages_each_image_with_its_mirror():
+    images = torch.zeros(4, 1, 4, 4, dtype=torch.uint8)
+    images[..., :2] = 255  # bright left half: normalised left = 1, right = -1
+    ds = TensorImages(images, torch.zeros(4, dtype=torch.long), ["left", "right"])
+    pre = {"mean": [0.5], "std": [0.5]}
+    plain = evaluate(_LeftRight(), ds, pre, channels_last=False)
+    tta = evaluate(_LeftRight(), ds, pre, channels_last=False, tta=True)
+    # Plain logits (10, -9): class 0. Mirror (-10, 11); mean (0, 1): class 1.
+    assert plain.top1 == 1.0 and tta.top1 == 0.0
+    assert tta.loss == pytest.approx(math.log(1 + math.e), rel=1e-6)
+
+
 def test_predict_any_size_and_mode(idx_dir, tmp_path):
     run = tmp_path / "p"
     train(_cfg(idx_dir, run, epochs=1))
@@ -132,6 +169,9 @@ def test_cli_end_to_end(idx_dir, tmp_path, capsys):
     assert main(["eval", str(run / "best.safetensors"), "--data", str(idx_dir), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["count"] == 32 and 0 <= res["top1"] <= 1 and len(res["confusion"]) == 4
+    assert res["tta"] is False
+    assert main(["eval", str(run / "best.safetensors"), "--data", str(idx_dir), "--tta", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] is True
     assert (run / "confusion.png").is_file()
     assert main(["eval", str(run / "best.safetensors"), "--data", str(idx_dir)]) == 0
     assert "confusion matrix" in capsys.readouterr().out

@@ -191,9 +191,21 @@ def check_model_kwargs(name: str, kwargs: dict[str, Any], source: str) -> None:
                                   "the file is corrupt or was not written by mobilenets")
 
 
+#: Prefix of the tensors with which ``last.safetensors`` also carries what resuming a run
+#: needs (optimizer, EMA, QAT ranges); they are not model weights.
+TRAIN_STATE_PREFIX = "train/"
+
+
+def model_weights(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` without the training state: what the model itself loads."""
+    return {k: v for k, v in tensors.items() if not k.startswith(TRAIN_STATE_PREFIX)}
+
+
 def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Rebuild the model a checkpoint describes and load its weights (strictly)."""
+    """Rebuild the model a checkpoint describes and load its weights (strictly; the
+    training state a ``last.safetensors`` also holds is left out)."""
     tensors, meta = read_checkpoint(path)
+    tensors = model_weights(tensors)
     model = build_checked(meta["model"], meta.get("model_kwargs", {}), tensors, source=str(path))
     load_state(model, tensors, source=str(path))
     model.eval()

@@ -39,8 +39,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from .augment import channel_stats, normalize, random_crop_flip, random_erasing
-from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, read_checkpoint,
-                         state_to_bytes)
+from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
+                         read_checkpoint, state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
 from .data import TensorImages, load_dataset
 from .errors import MobilenetsError, did_you_mean
@@ -318,11 +318,15 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, preprocessing: dict[str, Any], batch_size: int = 512,
              channels_last: bool = True, precision: str = "fp32", workers: int = 0,
-             rank: int = 0, world_size: int = 1, device: torch.device | None = None) -> EvalResult:
+             rank: int = 0, world_size: int = 1, device: torch.device | None = None,
+             tta: bool = False) -> EvalResult:
     """Top-1/top-5 accuracy, loss, per-class accuracy and confusion matrix on ``dataset``.
 
     With ``world_size > 1`` each rank evaluates its shard and the sums are all-reduced, so
-    every rank gets the metrics of the whole dataset.
+    every rank gets the metrics of the whole dataset. ``tta`` (test-time augmentation)
+    scores each image by the mean of its logits and its horizontal mirror's: twice the
+    cost, and only sound for models trained with horizontal flips (as every recipe here
+    is); training itself always evaluates without it.
     """
     model.eval()
     if device is None:
@@ -341,6 +345,8 @@ def evaluate(model: nn.Module, dataset, preprocessing: dict[str, Any], batch_siz
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             logits = model(x)
+            if tta:
+                logits = (logits + model(x.flip(-1))) / 2
         logits = logits.float().cpu()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         pred = logits.argmax(1)
@@ -472,7 +478,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, **kwargs)
         if init is not None and not cfg.resume:
-            load_state(self.model, init[0], source=cfg.init)
+            load_state(self.model, model_weights(init[0]), source=cfg.init)
         if cfg.sync_bn:
             if world_size == 1:
                 raise MobilenetsError("--sync-bn only applies to distributed runs (--nproc-per-node > 1)")
@@ -624,7 +630,7 @@ class Trainer:
         state = meta.get("train_state")
         if not isinstance(state, dict):
             raise MobilenetsError(f"{self.run_dir / 'last.safetensors'} has no training state to resume")
-        load_state(self.model, {k: v for k, v in tensors.items() if not k.startswith("train/")},
+        load_state(self.model, model_weights(tensors),
                    source=str(self.run_dir / "last.safetensors"))
         try:
             opt_meta = state["optimizer"]

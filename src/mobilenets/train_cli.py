@@ -68,6 +68,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--out", help="directory for confusion.png (default: next to the checkpoint)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the logits of each image and its "
+                        "horizontal mirror (for models trained with flips; twice the time)")
     p.add_argument("--strict", action="store_true",
                    help="image folders: stop at unreadable image files instead of skipping them")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -191,13 +194,15 @@ def _eval(args: argparse.Namespace) -> int:
                               f"{args.data} has {ds.channels}")
     if args.batch_size < 1:
         raise MobilenetsError(f"--batch-size must be >= 1, got {args.batch_size}")
-    res = evaluate(model, ds, pre, batch_size=args.batch_size)
+    res = evaluate(model, ds, pre, batch_size=args.batch_size, tta=args.tta)
     out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
     png = plot_confusion(res.confusion, res.classes, out_dir / "confusion.png")
     if args.json:
-        print(json.dumps({**res.as_dict(), "checkpoint": str(args.checkpoint), "confusion_png": str(png)}))
+        print(json.dumps({**res.as_dict(), "checkpoint": str(args.checkpoint), "tta": args.tta,
+                          "confusion_png": str(png)}))
         return 0
-    print(f"{args.checkpoint} on {args.data} ({args.split}, {res.count} images)")
+    tta = ", flip test-time augmentation" if args.tta else ""
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {res.count} images{tta})")
     print(f"top-1 {res.top1:.4f}   top-5 {res.top5:.4f}   loss {res.loss:.4f}\n")
     width = max(len(c) for c in res.classes)
     print(f"{'class':{width}s}  accuracy")
