@@ -301,6 +301,18 @@ def test_export_int8_from_checkpoint_with_calibration_dataset(tmp_path, capsys):
     artifact = deploy.load_artifact(path)
     assert artifact.meta["int8"]["calibration_images"] == 16 and artifact.preprocessing == pre
 
+    # `eval` scores exports as they will serve: the float ONNX file like the checkpoint.
+    assert main(["export", str(ckpt), "--format", "onnx"]) == 0
+    results = {}
+    for name in ("best.safetensors", "best.onnx", "best.int8.onnx"):
+        capsys.readouterr()
+        assert main(["eval", str(tmp_path / "run" / name), "--data", str(data), "--split", "train",
+                     "--json"]) == 0
+        results[name] = json.loads(capsys.readouterr().out)
+    assert results["best.onnx"]["confusion"] == results["best.safetensors"]["confusion"]
+    assert results["best.onnx"]["loss"] == pytest.approx(results["best.safetensors"]["loss"], rel=1e-4)
+    assert results["best.int8.onnx"]["count"] == 40
+
 
 # ----------------------------------------------------------------------------- bench
 

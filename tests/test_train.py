@@ -180,6 +180,9 @@ def test_cli_end_to_end(idx_dir, tmp_path, capsys):
     assert main(["predict", str(run / "best.safetensors"), str(img), "--json", "--top-k", "2"]) == 0
     pred = json.loads(capsys.readouterr().out)
     assert len(pred) == 1 and len(pred[0]["top"]) == 2
+    # The run directory stands for its best checkpoint, as for eval.
+    assert main(["predict", str(run), str(img), "--json", "--top-k", "2"]) == 0
+    assert json.loads(capsys.readouterr().out) == pred
 
 
 def test_cli_user_errors_are_one_line(idx_dir, tmp_path, capsys):

@@ -551,6 +551,20 @@ class Artifact:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run(np.ascontiguousarray(x, dtype=np.float32))
 
+    def as_module(self) -> nn.Module:
+        """The artifact as a module from preprocessed batches to logits, so that the engine
+        that measures checkpoints (:func:`mobilenets.train.evaluate`) measures exports too."""
+        return _ArtifactModule(self)
+
+
+class _ArtifactModule(nn.Module):
+    def __init__(self, artifact: Artifact) -> None:
+        super().__init__()
+        self.artifact = artifact
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.artifact(x.detach().cpu().numpy()))
+
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
     """An onnxruntime CPU session (all graph optimizations, ``threads`` intra-op threads)."""

@@ -63,7 +63,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory, or an exported "
+                                      ".onnx/.pt/.pt2 file (int8 included)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--batch-size", type=int, default=512)
@@ -77,7 +78,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("predict", help="classify images with a checkpoint or an exported model")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint or an exported .onnx/.pt/.pt2 file")
+    p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory (its best "
+                                      "checkpoint) or an exported .onnx/.pt/.pt2 file")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="auto: onnxruntime for .onnx files, PyTorch otherwise")
     p.add_argument("images", nargs="+")
@@ -171,7 +173,13 @@ def _eval(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .train import evaluate
 
-    model, meta = load_model(args.checkpoint)
+    from .deploy import EXTENSIONS, load_artifact
+
+    if Path(args.checkpoint).suffix in EXTENSIONS.values():  # an export scores as it will serve
+        artifact = load_artifact(args.checkpoint)
+        model, meta = artifact.as_module(), artifact.meta
+    else:
+        model, meta = load_model(args.checkpoint)
     pre = meta.get("preprocessing")
     if not isinstance(pre, dict):
         raise MobilenetsError(f"{args.checkpoint} has no preprocessing metadata; was it made by "
@@ -263,7 +271,8 @@ def _predict(args: argparse.Namespace) -> int:
     for p in args.images:
         if not Path(p).is_file():
             raise MobilenetsError(f"image not found: {p}")
-    suffix = Path(args.checkpoint).suffix
+    # A run directory means its checkpoint (best, then model, then last), as for eval.
+    suffix = ".safetensors" if Path(args.checkpoint).is_dir() else Path(args.checkpoint).suffix
     backend = args.backend if args.backend != "auto" else ("onnxruntime" if suffix == ".onnx" else "torch")
     if (backend == "onnxruntime") != (suffix == ".onnx"):
         raise MobilenetsError(f"--backend {backend} cannot run {args.checkpoint}: onnxruntime runs .onnx "
