@@ -410,3 +410,8 @@ def test_export_cli_missing_checkpoint(tmp_path, capsys):
 def test_bench_cli_errors(capsys, args, message):
     assert main(["bench", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_cli_names_the_way_for_an_exported_file(exported, capsys):
+    assert main(["bench", str(exported("mobilenet_v3_small", "onnx").path)]) == 2
+    assert "is an exported file; bench takes the checkpoint" in capsys.readouterr().err

@@ -84,6 +84,7 @@ def _int_list(text: str, what: str) -> list[int]:
 def _bench_model(spec: str, args: argparse.Namespace) -> tuple[nn.Module, int]:
     """The model a bench argument names, and its default resolution."""
     from .checkpoint import load_model
+    from .deploy import EXTENSIONS
     from .registry import create_model, list_models
 
     kwargs = model_kwargs_from_args(args)
@@ -93,6 +94,10 @@ def _bench_model(spec: str, args: argparse.Namespace) -> tuple[nn.Module, int]:
         if kwargs:
             raise MobilenetsError("model options (--width-mult, ...) apply to model names; "
                                   "a checkpoint already defines its model")
+        if Path(spec).suffix in EXTENSIONS.values():
+            raise MobilenetsError(f"{spec} is an exported file; bench takes the checkpoint it came "
+                                  "from and makes its own exports (--backends onnxruntime,"
+                                  "onnxruntime-int8 times those)")
         model, meta = load_model(spec)
         return model, int((meta.get("preprocessing") or {}).get("input_size", 224))
     raise MobilenetsError(f"{spec!r} is neither a model name{did_you_mean(spec, list_models())} "
