@@ -171,9 +171,8 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import load_dataset
-    from .train import evaluate
-
     from .deploy import EXTENSIONS, load_artifact
+    from .train import evaluate
 
     if Path(args.checkpoint).suffix in EXTENSIONS.values():  # an export scores as it will serve
         artifact = load_artifact(args.checkpoint)
@@ -263,8 +262,6 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
 
 
 def _predict(args: argparse.Namespace) -> int:
-    import torch
-
     from .checkpoint import load_model
     from .predict import predict_files
 
@@ -286,8 +283,7 @@ def _predict(args: argparse.Namespace) -> int:
         from .predict import predict_with
 
         artifact = load_artifact(args.checkpoint)
-        preds = predict_with(lambda x: torch.from_numpy(artifact(x.numpy())), artifact.meta,
-                             args.images, args.top_k)
+        preds = predict_with(artifact.as_module(), artifact.meta, args.images, args.top_k)
     if args.json:
         print(json.dumps([p.as_dict() for p in preds]))
         return 0
