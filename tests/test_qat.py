@@ -14,7 +14,7 @@ from datagen import make_idx_dir, randomize_batchnorm
 from mobilenets import MobilenetsError, deploy
 from mobilenets.checkpoint import load_model, read_checkpoint
 from mobilenets.cli import main
-from mobilenets.qat import ActivationQuant, calibrate, fake_quant_weight, is_qat, prepare_qat
+from mobilenets.qat import ActivationQuant, QuantConvNormAct, calibrate, fake_quant_weight, is_qat, prepare_qat
 from mobilenets.train import TrainConfig, train
 
 pytest.importorskip("onnxruntime")
@@ -105,6 +105,12 @@ def test_calibration_observes_the_float_network():
         stem = deploy.prepare_for_inference(model).features[0].conv(x)
     assert float(first.min_val) == pytest.approx(min(float(stem.min()), 0.0), rel=1e-5)
     assert float(first.max_val) == pytest.approx(max(float(stem.max()), 0.0), rel=1e-5)
+    # Its hard-swish gate Clip(x + 3, 0, 6), which the int8 graph rounds, is observed too.
+    gate = torch.nn.functional.relu6(stem + 3)
+    assert float(q.features[0].gate_quant.min_val) == pytest.approx(float(gate.min()), abs=1e-6)
+    assert float(q.features[0].gate_quant.max_val) == pytest.approx(float(gate.max()), rel=1e-5)
+    assert all((m.gate_quant is not None) == isinstance(m.act, torch.nn.Hardswish)
+               for m in q.modules() if isinstance(m, QuantConvNormAct))
     assert all(m.quantize for m in q.modules() if isinstance(m, ActivationQuant))
 
 

@@ -21,9 +21,9 @@ Inference", §3):
 
 The network keeps its parameters and state-dict keys, so a QAT run writes an ordinary
 float checkpoint that ``export --int8`` quantizes the usual way; the observed ranges are
-training state only (saved with ``last.safetensors`` for ``--resume``). Quantization of
-the hard-swish/hard-sigmoid intermediate tensors, which onnxruntime also rounds, is not
-simulated.
+training state only (saved with ``last.safetensors`` for ``--resume``). The rounding of
+hard-swish's gate ``Clip(x + 3, 0, 6)`` is simulated in the convolution layers (not after
+the head's linear layer), that of squeeze-excite's folded hard-sigmoid gate is not.
 """
 
 from __future__ import annotations
@@ -161,6 +161,9 @@ class QuantConvNormAct(nn.Module):
         self.act = layer.act if "act" in layer._modules else nn.Identity()
         #: ReLU/ReLU6 only clip, so onnxruntime folds them into the output's range.
         self.fused_act = isinstance(self.act, (nn.ReLU, nn.ReLU6))
+        #: The int8 graph computes hard-swish as ``x · Clip(x + 3, 0, 6) / 6`` and rounds the
+        #: gate ``Clip(x + 3, 0, 6)`` too (:func:`mobilenets.deploy.int8_friendly`).
+        self.gate_quant = ActivationQuant() if isinstance(self.act, nn.Hardswish) else None
         self.in_channels, self.out_channels, self.stride = layer.in_channels, layer.out_channels, layer.stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -171,7 +174,10 @@ class QuantConvNormAct(nn.Module):
         x = _conv(self.conv, x, weight, bias)
         if self.fused_act:
             return self.output_quant(self.act(x))
-        return self.act(self.output_quant(x))
+        x = self.output_quant(x)
+        if self.gate_quant is not None:
+            return x * self.gate_quant(F.relu6(x + 3)) / 6
+        return self.act(x)
 
 
 class QuantConv2d(nn.Module):
