@@ -39,7 +39,7 @@ def fidelity(checkpoint: str, data: str, calibration_size: int, test_images: int
     test = load_dataset(data, "test", image_size=pre["input_size"], channels=pre["channels"])
     x = torch.from_numpy(deploy.preprocess(torch.stack([test[i][0] for i in range(test_images)]), pre))
     int8 = deploy.load_artifact(art.path)(x.numpy())
-    cal = torch.from_numpy(deploy.preprocess(torch.stack(list(calibration)), pre))
+    cal = torch.from_numpy(deploy.preprocess(calibration, pre))
     with torch.inference_mode():
         ref = model.eval()(x).numpy()
     row = {"checkpoint": checkpoint, "model": meta["model"], "test_images": test_images,
