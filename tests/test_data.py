@@ -136,3 +136,109 @@ def test_augmentations_are_seeded_and_shape_preserving():
     assert torch.allclose(x, (images.float() / 255 - 0.5) / 0.25)
     erased = random_erasing(x, 1.0, torch.Generator().manual_seed(0))
     assert ((erased == 0) & (x != 0)).any(dim=(1, 2, 3)).all()  # every image has a hole
+
+
+# --------------------------------------------------------------------------- found by using the tool
+
+def test_folders_are_matched_to_a_models_classes_by_name(tmp_path):
+    """A checkpoint's label i means its class i: folders sorted differently, or only some of
+    the classes, must be relabelled by name; folders it does not know are an error."""
+    root = make_image_folder(tmp_path / "f", n_per_class=2, classes=("cat", "dog", "fox"))
+    ds = load_dataset(str(root), "val", classes=["fox", "owl", "cat", "dog"], val_fraction=0.5)
+    assert ds.classes == ["fox", "owl", "cat", "dog"]
+    names = {p.parent.name for p in root.rglob("*.png")}
+    assert names == {"cat", "dog", "fox"}
+    # The val split holds one image per class: labels follow the model's order.
+    assert sorted(ds.labels.tolist()) == [0, 2, 3]
+    with pytest.raises(MobilenetsError, match=r"\['fox'\] are not among the model's 2 classes"):
+        load_dataset(str(root), "val", classes=["cat", "dog"])
+
+
+def test_a_single_class_folder_is_refused(tmp_path):
+    make_image_folder(tmp_path / "one", n_per_class=4, classes=("val",))
+    with pytest.raises(MobilenetsError, match=r"one class folder \(val\).*at least two.*single split"):
+        load_dataset(str(tmp_path / "one"), "train")
+
+
+def test_images_too_small_for_the_networks_are_refused(tmp_path):
+    make_image_folder(tmp_path / "dots", n_per_class=4, size=1)
+    with pytest.raises(MobilenetsError, match=r"about 1 px.*at least 8.*--image-size"):
+        load_dataset(str(tmp_path / "dots"), "train")
+    assert load_dataset(str(tmp_path / "dots"), "train", image_size=8).image_size == 8
+
+
+def test_in_memory_datasets_are_resized_like_predict(tmp_path):
+    from mobilenets.data import resize_center_crop, to_uint8_tensor
+
+    root = make_idx_dir(tmp_path / "idx", n_train=8, n_test=8)
+    ds28 = load_dataset(str(root), "val")
+    ds36 = load_dataset(str(root), "val", image_size=36)
+    assert ds36.images.shape == (8, 1, 36, 36) and torch.equal(ds36.labels, ds28.labels)
+    one = to_uint8_tensor(resize_center_crop(Image.fromarray(ds28.images[3, 0].numpy(), "L"), 36))
+    assert torch.equal(ds36.images[3], one)
+    assert torch.equal(load_dataset(str(root), "val", image_size=28).images, ds28.images)
+
+
+def test_extreme_aspect_ratios_are_cropped_before_resizing():
+    """A 1×30000 image (200 bytes as PNG) must not be scaled to 224×6.7M pixels first."""
+    import tracemalloc
+
+    from mobilenets.data import resize_center_crop
+
+    tall = Image.fromarray(np.full((30000, 1, 3), 77, np.uint8))
+    tracemalloc.start()
+    out = resize_center_crop(tall, 224)
+    tracemalloc.stop()
+    assert out.size == (224, 224) and np.asarray(out).max() == 77 == np.asarray(out).min()
+    # The same as shorter side to the size then a central crop, on an ordinary image.
+    wide = Image.fromarray(np.tile(np.arange(60, dtype=np.uint8)[None, :, None] * 4, (20, 1, 3)))
+    got = np.asarray(resize_center_crop(wide, 10), dtype=int)
+    ref = np.asarray(wide.resize((30, 10), Image.BILINEAR).crop((10, 0, 20, 10)), dtype=int)
+    assert np.abs(got - ref).max() <= 2
+
+
+def test_photo_folders_can_be_read_without_augmentation(tmp_path):
+    """`eval --split train` scores centre crops, not the training split's random crops."""
+    root = make_image_folder(tmp_path / "p", n_per_class=2, size=80, splits=True, modes=("RGB",))
+    aug = load_dataset(str(root), "train")
+    plain = load_dataset(str(root), "train", augment=False)
+    aug.set_epoch(1)
+    centre = load_dataset(str(root), "val")  # the same kind of files, read for evaluation
+    assert not torch.equal(aug[0][0], plain[0][0])
+    assert not plain.train and not centre.train and plain[0][0].shape == (3, 80, 80)
+
+
+def test_sixteen_bit_float_and_colour_key_images(tmp_path):
+    """16-bit as I;16 (PNG) and as I (PGM) both keep their top 8 bits; float images in
+    [0, 1] are scaled; colour-key transparency is composited on white."""
+    arr16 = np.array([[0, 256, 4000, 65535]], dtype=np.uint16).repeat(4, 0)
+    Image.fromarray(arr16).save(tmp_path / "a.png")
+    Image.fromarray(arr16).save(tmp_path / "a.pgm")
+    for name in ("a.png", "a.pgm"):
+        got = np.asarray(load_image(tmp_path / name, 1))
+        assert got[0].tolist() == [0, 1, 15, 255], name
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]] * 3, dtype=np.float32), "F").save(tmp_path / "f.tif")
+    assert np.asarray(load_image(tmp_path / "f.tif", 1))[0].tolist() == [0, 128, 255]
+    key = Image.fromarray(np.array([[0, 100]] * 2, dtype=np.uint8), "L")
+    key.save(tmp_path / "k.png", transparency=0)
+    assert np.asarray(load_image(tmp_path / "k.png", 1))[0].tolist() == [255, 100]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = Image.fromarray(np.zeros((40, 80, 3), np.uint8))  # 80 wide, 40 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to view
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    assert load_image(tmp_path / "phone.jpg", 3).size == (40, 80)
+
+
+def test_hidden_files_are_ignored_and_channels_probed_across_classes(tmp_path):
+    """macOS `._name` twins are not images; colour in later classes is not missed."""
+    root = make_image_folder(tmp_path / "m", n_per_class=40, classes=("a_gray",))
+    make_image_folder(root, n_per_class=4, classes=("b_red", "c_blue"), modes=("RGB",))
+    for p in list((root / "a_gray").glob("*.png")):
+        (p.parent / f"._{p.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "skipped unreadable" warning
+        ds = load_dataset(str(root), "train")
+    assert ds.channels == 3 and len(ds) + len(load_dataset(str(root), "val")) == 48

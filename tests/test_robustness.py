@@ -164,7 +164,10 @@ def test_strict_makes_unreadable_images_an_error(tmp_path: Path, run_dir: Path,
         load_dataset(str(root), "train", strict=True)
     line = cli_error(capsys, ["train", "--data", str(root), "--out", str(tmp_path / "r"), "--strict"])
     assert "2 unreadable image file(s)" in line and str(root / "train") in line
-    # eval reads the folder at the checkpoint's 28 px, 1 channel: the same check applies.
+    # eval reads the folder at the checkpoint's 28 px, 1 channel, and its class names
+    # (0..3, matched by folder name): the same check applies.
+    for i, name in enumerate(("cat", "dog", "fox")):
+        (root / "train" / name).rename(root / "train" / str(i))
     line = cli_error(capsys, ["eval", str(run_dir / "best.safetensors"), "--data", str(root),
                               "--split", "train", "--strict"])
     assert "2 unreadable image file(s)" in line
@@ -715,3 +718,106 @@ def test_sigkill_and_sigterm_mid_run_then_resume_equal_an_uninterrupted_run(tmp_
         _finish(procs[0], 0, "uninterrupted run")
     _assert_same_runs(ref, killed)
     _assert_same_runs(ref, termed)
+
+
+# --------------------------------------------------------------------------- found by using the tool
+
+def test_a_nan_validation_loss_stops_training_and_is_never_the_best(idx_dir: Path, tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """The last step can overflow the weights with a finite training loss: the validation
+    loss is checked too, before anything is saved as best."""
+    import dataclasses
+
+    import mobilenets.train as train_module
+
+    real = train_module.evaluate
+    monkeypatch.setattr(train_module, "evaluate",
+                        lambda *a, **k: dataclasses.replace(real(*a, **k), loss=float("nan")))
+    out = tmp_path / "nan"
+    with pytest.raises(MobilenetsError, match=r"validation loss is nan after epoch 1.*no checkpoint"):
+        train(TrainConfig(**{**TINY, "data": str(idx_dir), "out": str(out), "epochs": 1, "max_steps": 1}))
+    assert not (out / "best.safetensors").exists()
+
+
+def test_eval_json_is_strict_json_even_for_a_broken_model(run_dir: Path, idx_dir: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    broken = rewrite_checkpoint(run_dir / "best.safetensors", tmp_path / "nan.safetensors",
+                                change_tensors=lambda t: t["classifier.bias"].fill_(float("nan")))
+    assert main(["eval", str(broken), "--data", str(idx_dir), "--json", "--out", str(tmp_path)]) == 0
+
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    res = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert res["loss"] is None and res["count"] == 16
+
+
+def test_eval_plots_into_the_run_directory_and_a_failed_plot_keeps_the_results(
+        run_dir: Path, idx_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    assert main(["eval", str(run_dir), "--data", str(idx_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["confusion_png"] == str(run_dir / "confusion.png")
+    import mobilenets.train_cli as train_cli
+
+    def unwritable(*_args: Any) -> Path:
+        raise MobilenetsError(f"cannot write to {run_dir}: Read-only file system")
+
+    monkeypatch.setattr(train_cli, "plot_confusion", unwritable)
+    assert main(["eval", str(run_dir), "--data", str(idx_dir), "--json"]) == 0
+    captured = capsys.readouterr()
+    res = json.loads(captured.out)
+    assert res["confusion_png"] is None and res["count"] == 16
+    assert "warning: confusion matrix plot not written" in captured.err
+
+
+def test_val_fraction_splits_a_folder_once_and_eval_scores_the_same_held_out_images(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_image_folder(tmp_path / "flat", n_per_class=10)
+    cfg = TrainConfig(**{**TINY, "data": str(root), "out": str(tmp_path / "r"), "epochs": 1, "batch_size": 8,
+                         "max_steps": 1, "val_fraction": 0.5, "seed": 3})
+    trainer = Trainer(cfg)
+    assert len(trainer.train_set) == len(trainer.val_set) == 15  # not 10 % first, then half of the rest
+    trainer.fit()
+    capsys.readouterr()  # the training log
+    meta = read_checkpoint(tmp_path / "r" / "best.safetensors")[1]
+    assert meta["holdout"] == {"seed": 3, "val_fraction": 0.5}
+    assert main(["eval", str(tmp_path / "r"), "--data", str(root), "--split", "val", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    held_out = load_dataset(str(root), "val", seed=3, val_fraction=0.5)
+    assert res["count"] == 15 and torch.equal(held_out.images, trainer.val_set.images)
+
+
+def test_eval_refuses_class_folders_the_model_does_not_know(run_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_image_folder(tmp_path / "animals", n_per_class=2, splits=True)
+    line = cli_error(capsys, ["eval", str(run_dir), "--data", str(root)])
+    assert "['cat', 'dog', 'fox'] are not among the model's 4 classes (0, 1, 2, 3)" in line
+
+
+def test_predict_argument_mistakes(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    img = png(tmp_path / "x.png")
+    assert "--top-k must be >= 1, got 0" in cli_error(capsys, ["predict", str(run_dir), str(img), "--top-k", "0"])
+    assert "is a directory; give image files" in cli_error(capsys, ["predict", str(run_dir), str(tmp_path)])
+    line = cli_error(capsys, ["predict", str(img), str(img)])  # swapped: the image first
+    assert "is not a checkpoint or an exported model" in line
+
+
+def test_predict_works_in_batches(run_dir: Path, tmp_path: Path) -> None:
+    from mobilenets.predict import predict_with
+
+    model, meta = load_model(run_dir / "best.safetensors")
+    model.eval()
+    paths = [png(tmp_path / f"{i}.png", seed=i) for i in range(5)]
+    sizes: list[int] = []
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        sizes.append(len(x))
+        return model(x)
+
+    with torch.no_grad():
+        batched = predict_with(logits, meta, paths, top_k=2, batch_size=2)
+        whole = predict_with(model, meta, paths, top_k=2)
+    assert sizes == [2, 2, 1]
+    assert [p.path for p in batched] == [str(p) for p in paths]
+    for a, b in zip(batched, whole):
+        assert [c for c, _ in a.top] == [c for c, _ in b.top]
+        assert np.allclose([v for _, v in a.top], [v for _, v in b.top], atol=1e-5)

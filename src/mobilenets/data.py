@@ -7,9 +7,14 @@ CPU than per-image transforms. Small datasets (IDX, CIFAR) live in memory as one
 
 Image conversion (``load_image``), for folders and ``mobilenets predict``:
 
-* 16-bit grayscale (``I;16``, ``I``) is scaled to 8 bits by its full range (>> 8);
+* EXIF orientation is applied first (a phone photo is classified the way it is viewed);
+* 16-bit grayscale (``I;16``, and ``I`` with values up to 65535, as Pillow opens 16-bit PGM
+  and some PNGs) keeps its top 8 bits (>> 8), like every 16-bit image viewer; ``I`` with
+  larger values is scaled by its maximum; float images (``F``) are read as [0, 1] when
+  their values lie there (scientific TIFFs), else as [0, 255], clipped;
 * palette (``P``) and other modes are converted to RGB (or L for 1-channel models);
-* transparent images (``RGBA``, ``LA``, palette with transparency) are composited on white;
+* transparent images (``RGBA``, ``LA``, palette or colour-key transparency) are
+  composited on white;
 * 1-channel models receive luminance (``L``), 3-channel models RGB (grayscale repeated).
 
 Bad input in image folders:
@@ -101,6 +106,19 @@ class TensorImages(Dataset):
     def subset(self, idx: torch.Tensor) -> "TensorImages":
         return TensorImages(self.images[idx], self.labels[idx], self.classes, self.source, self.kind)
 
+    def resized(self, size: int) -> "TensorImages":
+        """Every image through :func:`resize_center_crop`, as ``mobilenets predict`` would
+        prepare it: a checkpoint is evaluated at the input size it was trained for."""
+        from PIL import Image
+
+        if size == self.image_size and self.images.shape[-2] == size:
+            return self
+        mode = "L" if self.channels == 1 else "RGB"
+        out = torch.stack([
+            to_uint8_tensor(resize_center_crop(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy(), mode),
+                                               size)) for img in self.images])
+        return TensorImages(out, self.labels, self.classes, self.source, self.kind)
+
 
 # ----------------------------------------------------------------------------- IDX
 
@@ -152,6 +170,7 @@ def load_idx_dir(directory: str | os.PathLike, split: str, classes: list[str] | 
                               f"{images.dtype} {images.shape} and {labels.dtype} {labels.shape}")
     _check_labels(labels, found[1])
     n_classes = int(labels.max()) + 1 if len(labels) else 0
+    _check_known(n_classes, classes, found[1])
     if classes is None:
         classes = FASHION_MNIST_CLASSES if "fashion" in str(directory).lower() else [str(i) for i in range(max(n_classes, 1))]
     return TensorImages(torch.from_numpy(images.copy()).unsqueeze(1),
@@ -161,6 +180,13 @@ def load_idx_dir(directory: str | os.PathLike, split: str, classes: list[str] | 
 #: More classes than any real dataset: a corrupt label file must not make us build a list
 #: of billions of class names.
 MAX_CLASSES = 100_000
+
+
+def _check_known(n_classes: int, classes: list[str] | None, source: Path) -> None:
+    """IDX and CIFAR labels are bare class indices: nothing tells a subset of a model's
+    classes from another dataset, so with the model's ``classes`` the counts must agree."""
+    if classes is not None and n_classes != len(classes):
+        raise MobilenetsError(f"the model was trained on {len(classes)} classes, {source} has {n_classes}")
 
 
 def _check_labels(labels: np.ndarray, source: Path) -> None:
@@ -201,9 +227,10 @@ def _key(d: dict, name: str) -> Any:
     return None
 
 
-def load_cifar_dir(directory: str | os.PathLike, split: str) -> TensorImages:
+def load_cifar_dir(directory: str | os.PathLike, split: str, classes: list[str] | None = None) -> TensorImages:
     """CIFAR-10 (``data_batch_1..5``, ``test_batch``, ``batches.meta``) or CIFAR-100
-    (``train``, ``test``, ``meta``) in their python pickle layout, read as data only."""
+    (``train``, ``test``, ``meta``) in their python pickle layout, read as data only.
+    ``classes`` (a model's) name the labels instead of the ``meta`` file."""
     directory = Path(directory)
     if (directory / "data_batch_1").is_file() or (directory / "test_batch").is_file():
         files = sorted(directory.glob("data_batch_*")) if split == "train" else [directory / "test_batch"]
@@ -233,8 +260,8 @@ def load_cifar_dir(directory: str | os.PathLike, split: str) -> TensorImages:
     labels_all = np.concatenate(labels)
     if not len(labels_all):
         raise MobilenetsError(f"no images in the CIFAR {split} batches of {directory}")
-    classes = None
-    if meta_file.is_file():
+    _check_known(int(labels_all.max()) + 1, classes, directory)
+    if classes is None and meta_file.is_file():
         meta = safe_unpickle(meta_file)
         names = _key(meta, names_key) if isinstance(meta, dict) else None
         if isinstance(names, (list, tuple)):
@@ -249,12 +276,12 @@ def load_cifar_dir(directory: str | os.PathLike, split: str) -> TensorImages:
 
 def load_image(path: str | os.PathLike, channels: int) -> "PIL.Image.Image":  # noqa: F821
     """Open any image and convert it to ``L`` (channels=1) or ``RGB`` as documented above."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as img:
             img.load()
-        return _convert_mode(img, channels)
+        return _convert_mode(ImageOps.exif_transpose(img), channels)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise MobilenetsError(f"cannot read image {path}: {e}; remove or replace the file") from e
     except Exception as e:  # noqa: BLE001 - decoders of corrupt files raise many types (struct.error,
@@ -269,13 +296,15 @@ def _convert_mode(img, channels: int):
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.int64)
-        if img.mode == "I":
-            hi = max(int(arr.max()), 1)
-            arr = arr * 255 // hi if hi > 255 else arr
-        else:
-            arr = arr >> 8
+        hi = int(arr.max()) if arr.size else 0
+        arr = arr * 255 // hi if hi > 65535 else arr >> 8
         img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
-    if img.mode == "P" and "transparency" in img.info:
+    elif img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        if arr.size and arr.min() >= 0 and arr.max() <= 1:
+            arr = arr * 255
+        img = Image.fromarray(arr.round().clip(0, 255).astype(np.uint8), "L")
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA"):
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -284,15 +313,15 @@ def _convert_mode(img, channels: int):
 
 
 def resize_center_crop(img, size: int):
-    """Shorter side to ``size`` (bilinear), then the central ``size``×``size`` square."""
+    """The central square of the image (its side the shorter side) resized to ``size``×``size``
+    (bilinear): the same as shorter side to ``size`` then a central crop, but the crop comes
+    first (Pillow's resize ``box``), so a 1×30000 image costs no more memory than a square."""
     from PIL import Image
 
     w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    img = img.resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    return img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
 
 
 def to_uint8_tensor(img) -> torch.Tensor:
@@ -361,8 +390,9 @@ def scan_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
         raise MobilenetsError(f"{root} has no class folders; expected {root}/<class>/<image files>")
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        found = sorted(p for p in (root / name).rglob("*")  # not hidden: macOS ._name twins
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                       and p.is_file())
         if not found:
             raise MobilenetsError(f"class folder {root / name} has no images "
                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -372,11 +402,13 @@ def scan_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 def _probe_images(files: list[Path], n: int = 32) -> tuple[int, int]:
-    """(channels, typical size) from the first images: 1 channel if all are grayscale."""
+    """(channels, typical size) from ``n`` images spread evenly over the (class-sorted) list,
+    first and last included: 1 channel if all of them are grayscale."""
     from PIL import Image
 
     gray, sizes = True, []
-    for p in files[:n]:
+    picks = np.unique(np.linspace(0, len(files) - 1, n).round().astype(int))
+    for p in (files[i] for i in picks):
         try:
             with Image.open(p) as img:
                 gray &= img.mode in ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
@@ -384,20 +416,29 @@ def _probe_images(files: list[Path], n: int = 32) -> tuple[int, int]:
         except Exception:  # noqa: BLE001 - unreadable files are counted later, not here
             continue
     if not sizes:
-        raise MobilenetsError(f"none of the first {min(n, len(files))} files could be read as images "
-                              f"(e.g. {files[0]})")
+        raise MobilenetsError(f"none of {min(n, len(files))} files sampled from {files[0].parent.parent} "
+                              f"could be read as images (e.g. {files[0]})")
     return (1 if gray else 3), int(np.median(sizes))
 
 
+#: Image folders without ``train/`` and ``val/`` hold out this fraction of each class.
+DEFAULT_VAL_FRACTION = 0.1
+#: Smallest side the networks are given: below it, the strided layers leave nothing.
+MIN_IMAGE_SIZE = 8
+
+
 def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | None = None,
-                      channels: int | None = None, val_fraction: float = 0.1, seed: int = 0,
-                      classes: list[str] | None = None, strict: bool = False) -> Dataset:
+                      channels: int | None = None, val_fraction: float = DEFAULT_VAL_FRACTION,
+                      seed: int = 0, classes: list[str] | None = None, strict: bool = False,
+                      augment: bool | None = None) -> Dataset:
     """An image-folder dataset; uses ``root/train`` and ``root/val`` (or ``test``) if present,
     otherwise holds out ``val_fraction`` of each class (seeded) for validation.
 
     Images of 64 px or less are loaded into memory (and augmented like CIFAR); larger ones
-    are decoded lazily with a random-resized crop for training. Unreadable files are skipped
-    with a warning, or are an error with ``strict`` (see the module docstring).
+    are decoded lazily, with a random-resized crop when ``augment`` (default: the train
+    split). Unreadable files are skipped with a warning, or are an error with ``strict``
+    (see the module docstring). With a model's ``classes``, folders are matched to them by
+    name (any subset, in any order); without, at least two class folders are needed.
     """
     root = Path(root)
     sub = {"train": ["train"], "val": ["val", "valid", "validation", "test"],
@@ -425,14 +466,28 @@ def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | 
         files, labels = [files[i] for i in keep], [labels[i] for i in keep]
         if not files:
             raise MobilenetsError(f"{root}: no images left for the {split} split")
-    if classes is not None and list(classes) != found_classes:
-        raise MobilenetsError(f"{root}: class folders {found_classes} differ from the model's "
-                              f"classes {list(classes)}")
+    if classes is not None:
+        unknown = [c for c in found_classes if c not in classes]
+        if unknown:
+            raise MobilenetsError(f"{split_dir or root}: class folder(s) {unknown[:5]} are not among the "
+                                  f"model's {len(classes)} classes ({', '.join(map(str, classes[:10]))}"
+                                  f"{', ...' if len(classes) > 10 else ''})")
+        labels = [list(classes).index(found_classes[i]) for i in labels]
+        found_classes = list(classes)
+    elif len(found_classes) < 2:
+        hint = (f"; {root} looks like a single split: put it in {root.parent}/<train|val>/<class>/"
+                if found_classes[0].lower() in ("train", "val", "valid", "validation", "test") else "")
+        raise MobilenetsError(f"{split_dir or root} has one class folder ({found_classes[0]}); a "
+                              f"classifier needs at least two{hint}")
     probe_channels, probe_size = _probe_images(files)
     channels = channels or probe_channels
     image_size = image_size or min(probe_size, 224)
-    ds = ImageFolder(files, labels, found_classes, image_size, channels, train=split == "train",
-                     source=str(root), kind="photo" if image_size > 64 else "small", seed=seed)
+    if image_size < MIN_IMAGE_SIZE:
+        raise MobilenetsError(f"the images in {root} are about {image_size} px; the networks need at "
+                              f"least {MIN_IMAGE_SIZE} (--image-size upscales them)")
+    train = split == "train" if augment is None else augment
+    ds = ImageFolder(files, labels, found_classes, image_size, channels, train=train,
+                     source=str(split_dir or root), kind="photo" if image_size > 64 else "small", seed=seed)
     if image_size <= 64:
         return _materialize(ds, strict)
     return _check_headers(ds, strict)
@@ -441,8 +496,9 @@ def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | 
 def _report(bad: list[str], small: int, ds: ImageFolder, strict: bool) -> None:
     """One warning (or, ``strict``, one error) for unreadable files; one for small images."""
     if bad and strict:
-        raise MobilenetsError(f"{len(bad)} unreadable image file(s) in {ds.source}, e.g. {bad[0]}; "
-                              "remove them, or leave out --strict to skip them")
+        raise MobilenetsError(f"{len(bad)} unreadable image file(s) in {ds.source}, e.g. "
+                              f"{bad[0].split('; remove or replace')[0]}; remove them, or leave out "
+                              "--strict to skip them")
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {ds.source}, e.g. {bad[0]} "
                       "(--strict makes this an error)", stacklevel=3)
@@ -517,21 +573,39 @@ def resolve_data_dir(spec: str) -> Path:
     return path
 
 
-def load_dataset(spec: str, split: str = "train", **kwargs: Any) -> Dataset:
+def _is_idx(path: Path) -> bool:
+    return bool(_find_idx(path, "train") or _find_idx(path, "t10k"))
+
+
+def _is_cifar(path: Path) -> bool:
+    return any((path / n).is_file() for n in ("data_batch_1", "test_batch", "meta", "batches.meta"))
+
+
+def splits_from_train(spec: str) -> bool:
+    """True when the dataset has no validation split of its own (an image folder without
+    ``train/``), so that :func:`load_dataset` holds out part of each class for it."""
+    path = resolve_data_dir(spec)
+    return not (_is_idx(path) or _is_cifar(path) or (path / "train").is_dir())
+
+
+def load_dataset(spec: str, split: str = "train", *, image_size: int | None = None,
+                 classes: list[str] | None = None, **kwargs: Any) -> Dataset:
     """Load ``split`` ("train", "val" or "test") of a dataset name or directory.
 
     The format is detected: IDX files (Fashion-MNIST/MNIST), CIFAR pickles, or an image
-    folder. ``kwargs`` go to :func:`load_image_folder` (``image_size``, ``channels``,
-    ``val_fraction``, ``seed``, ``classes``). For IDX and CIFAR, "val" is the test split.
+    folder. For IDX and CIFAR, "val" is the test split. ``image_size``: the side images are
+    given at (in-memory datasets are resized like ``mobilenets predict`` resizes).
+    ``classes``: a model's class names; image folders are matched to them by name, IDX and
+    CIFAR labels (class indices) are named by them. Other ``kwargs`` go to
+    :func:`load_image_folder` (``channels``, ``val_fraction``, ``seed``, ``strict``, ``augment``).
     """
     if split not in ("train", "val", "test"):
         raise MobilenetsError(f"split must be train, val or test, got {split!r}")
     path = resolve_data_dir(spec)
-    if _find_idx(path, "train") or _find_idx(path, "t10k"):
-        classes = None
-        if spec.lower() == "mnist":
-            classes = MNIST_CLASSES
-        return load_idx_dir(path, split, classes)
-    if any((path / n).is_file() for n in ("data_batch_1", "test_batch", "meta", "batches.meta")):
-        return load_cifar_dir(path, split)
-    return load_image_folder(path, split, **kwargs)
+    if _is_idx(path):
+        ds = load_idx_dir(path, split, classes or (MNIST_CLASSES if spec.lower() == "mnist" else None))
+    elif _is_cifar(path):
+        ds = load_cifar_dir(path, split, classes)
+    else:
+        return load_image_folder(path, split, image_size=image_size, classes=classes, **kwargs)
+    return ds.resized(image_size) if image_size else ds

@@ -589,6 +589,9 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
     path = Path(path)
     if not path.is_file():
         raise MobilenetsError(f"artifact not found: {path}")
+    if path.suffix not in EXTENSIONS.values():
+        raise MobilenetsError(f"{path} is not a checkpoint or an exported model (.safetensors, "
+                              f"{', '.join(sorted(set(EXTENSIONS.values())))})")
     if path.suffix == ".onnx":
         session = onnx_session(path, threads)
         meta_json = session.get_modelmeta().custom_metadata_map.get(META_KEY)

@@ -43,14 +43,14 @@ def classes_of(meta: dict[str, Any], num_classes: int) -> list[str]:
 
 @torch.no_grad()
 def predict_files(model: torch.nn.Module, meta: dict[str, Any], paths: list[str | os.PathLike],
-                  top_k: int = 5) -> list[Prediction]:
-    """Top-k classes with probabilities for each image file."""
+                  top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
+    """Top-k classes with probabilities for each image file, ``batch_size`` files at a time."""
     model.eval()
-    return predict_with(model, meta, paths, top_k)
+    return predict_with(model, meta, paths, top_k, batch_size)
 
 
 def predict_with(logits_fn: Callable[[torch.Tensor], torch.Tensor], meta: dict[str, Any],
-                 paths: list[str | os.PathLike], top_k: int = 5) -> list[Prediction]:
+                 paths: list[str | os.PathLike], top_k: int = 5, batch_size: int = 64) -> list[Prediction]:
     """Like :func:`predict_files` for any function from a preprocessed batch to logits
     (an exported ONNX/TorchScript artifact, for instance)."""
     if not paths:
@@ -61,11 +61,15 @@ def predict_with(logits_fn: Callable[[torch.Tensor], torch.Tensor], meta: dict[s
     # Converted checkpoints store no channel count: their model's input channels decide.
     in_chans = (meta.get("model_kwargs") or {}).get("in_chans", 3)
     preprocessing = {"channels": in_chans, **preprocessing}
-    x = preprocess_images(paths, preprocessing)
-    with torch.no_grad():
-        probs = torch.as_tensor(logits_fn(x)).float().softmax(dim=1)
-    classes = classes_of(meta, probs.shape[1])
-    k = max(1, min(top_k, probs.shape[1]))
-    values, indices = probs.topk(k, dim=1)
-    return [Prediction(str(p), [(classes[int(i)], float(v)) for v, i in zip(vs, ix)])
-            for p, vs, ix in zip(paths, values, indices)]
+    if top_k < 1:
+        raise MobilenetsError(f"top_k must be >= 1, got {top_k}")
+    out: list[Prediction] = []
+    for start in range(0, len(paths), batch_size):  # memory bounded by the batch, not the file count
+        chunk = paths[start:start + batch_size]
+        with torch.no_grad():
+            probs = torch.as_tensor(logits_fn(preprocess_images(chunk, preprocessing))).float().softmax(dim=1)
+        classes = classes_of(meta, probs.shape[1])
+        values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        out += [Prediction(str(p), [(classes[int(i)], float(v)) for v, i in zip(vs, ix)])
+                for p, vs, ix in zip(chunk, values, indices)]
+    return out

@@ -42,7 +42,7 @@ from .augment import channel_stats, normalize, random_crop_flip, random_erasing
 from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
                          read_checkpoint, state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
-from .data import TensorImages, load_dataset
+from .data import DEFAULT_VAL_FRACTION, TensorImages, load_dataset, splits_from_train
 from .errors import MobilenetsError, did_you_mean
 from .qat import calibrate, load_range_state, prepare_qat, range_state
 from .registry import create_model, model_options
@@ -447,14 +447,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
         folder_kwargs: dict[str, Any] = {"seed": cfg.seed, "strict": cfg.strict}  # only image folders use these
-        if cfg.image_size:
-            folder_kwargs["image_size"] = cfg.image_size
-        self.train_set = load_dataset(cfg.data, "train", **folder_kwargs)
-        if cfg.val_fraction:
+        # A folder without train/ and val/ is split by the loader, per class, with --val-fraction.
+        self.holdout = ({"seed": cfg.seed, "val_fraction": cfg.val_fraction or DEFAULT_VAL_FRACTION}
+                        if splits_from_train(cfg.data) else None)
+        if self.holdout:
+            folder_kwargs.update(self.holdout)
+        self.train_set = load_dataset(cfg.data, "train", image_size=cfg.image_size, **folder_kwargs)
+        if cfg.val_fraction and not self.holdout:
             self.train_set, self.val_set = _holdout(self.train_set, cfg.val_fraction, cfg.seed)
         else:
-            self.val_set = load_dataset(cfg.data, "val", seed=cfg.seed, image_size=self.train_set.image_size,
-                                        channels=self.train_set.channels, strict=cfg.strict)
+            self.val_set = load_dataset(cfg.data, "val", image_size=self.train_set.image_size,
+                                        channels=self.train_set.channels, **folder_kwargs)
         if list(self.val_set.classes) != list(self.train_set.classes):
             raise MobilenetsError(f"{cfg.data}: validation classes differ from training classes")
         self.classes = list(self.train_set.classes)
@@ -589,6 +592,8 @@ class Trainer:
         meta = model_meta(self.model, classes=self.classes, preprocessing=self.preprocessing,
                           epoch=self.epoch, recipe=self.cfg.recipe)
         meta["model_kwargs"] = dict(self.model_kwargs)
+        if self.holdout:  # so that `eval` scores the same held-out images
+            meta["holdout"] = self.holdout
         if self.cfg.qat:
             meta["qat"] = {"init": self.cfg.init, "simulates": "onnxruntime int8 (mobilenets.qat)"}
         meta.update(extra)
@@ -809,12 +814,14 @@ class Trainer:
         if self.world_size > 1:
             dist.all_reduce(bad)
         if int(bad):
-            last = self.run_dir / "last.safetensors"
-            kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.is_file() \
-                else "no checkpoint was written yet"
-            raise MobilenetsError(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}"
-                                  f"{' on some rank' if self.world_size > 1 else ''}; training stopped "
-                                  f"and {kept}. Try a lower --lr.")
+            self._stop_non_finite(f"loss became {loss.item()} at epoch {epoch + 1} step {step + 1}"
+                                  f"{' on some rank' if self.world_size > 1 else ''}")
+
+    def _stop_non_finite(self, what: str) -> None:
+        last = self.run_dir / "last.safetensors"
+        kept = f"the last good checkpoint is {last} (epoch {self.epoch})" if last.is_file() \
+            else "no checkpoint was written yet"
+        raise MobilenetsError(f"{what}; training stopped and {kept}. Try a lower --lr.")
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
@@ -897,6 +904,8 @@ class Trainer:
         kw = dict(channels_last=self.cfg.channels_last, precision=self.precision, device=self.device,
                   workers=self.cfg.workers, rank=self.rank, world_size=self.world_size)
         res = evaluate(self.model, self.val_set, self.preprocessing, **kw)
+        if not math.isfinite(res.loss):  # e.g. the last step's update overflowed the weights
+            self._stop_non_finite(f"validation loss is {res.loss} after epoch {self.epoch + 1}")
         row: dict[str, Any] = {"val_loss": res.loss, "val_acc": res.top1, "val_top5": res.top5,
                                "val_count": res.count}
         best_model, best_acc, best_is_ema = self.model, res.top1, False
@@ -943,8 +952,9 @@ class Trainer:
 
 def _holdout(ds, fraction: float, seed: int):
     if not isinstance(ds, TensorImages):
-        raise MobilenetsError("--val-fraction applies to in-memory datasets; image folders "
-                              "without val/ are split automatically")
+        raise MobilenetsError("--val-fraction holds part of train/ out in memory, which a folder of "
+                              "large images is not; put the validation images in val/ (used when "
+                              "--val-fraction is left out)")
     if not 0 < fraction < 1:
         raise MobilenetsError(f"validation fraction must be in (0, 1), got {fraction}")
     perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(_seed(seed, 99)))

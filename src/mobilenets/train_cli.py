@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import io
 import json
+import math
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from .errors import MobilenetsError
 
@@ -187,12 +189,14 @@ def _eval(args: argparse.Namespace) -> int:
     pre = {**pre, "channels": pre.get("channels", meta.get("model_kwargs", {}).get("in_chans", 3))}
     if "input_size" not in pre or "mean" not in pre or "std" not in pre:
         raise MobilenetsError(f"{args.checkpoint}: preprocessing metadata lacks input_size, mean or std")
+    classes = meta.get("classes") if isinstance(meta.get("classes"), list) else None
+    # The images are prepared as `predict` prepares them (size, channels, centre crop, no
+    # augmentation), labelled by the checkpoint's classes, and a folder without train/ and
+    # val/ is split as it was for training (seed and fraction stored in the checkpoint).
+    holdout = meta.get("holdout") if isinstance(meta.get("holdout"), dict) else {}
     ds = load_dataset(args.data, args.split, image_size=pre["input_size"], channels=pre["channels"],
-                      strict=args.strict)
-    classes = meta.get("classes")
-    if classes and len(classes) != len(ds.classes):
-        raise MobilenetsError(f"{args.checkpoint} was trained on {len(classes)} classes, "
-                              f"{args.data} has {len(ds.classes)}")
+                      classes=classes, strict=args.strict, augment=False,
+                      **{k: holdout[k] for k in ("seed", "val_fraction") if k in holdout})
     if getattr(model, "num_classes", len(ds.classes)) != len(ds.classes):  # e.g. converted weights
         raise MobilenetsError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.data} "
                               f"has {len(ds.classes)}; evaluate on a dataset with the model's classes")
@@ -201,12 +205,25 @@ def _eval(args: argparse.Namespace) -> int:
                               f"{args.data} has {ds.channels}")
     if args.batch_size < 1:
         raise MobilenetsError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.out:  # asked for explicitly: a bad directory is an error, found before the work
+        try:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise MobilenetsError(f"cannot write to {args.out}: {e.strerror or e}; choose a writable "
+                                  "output directory") from e
     res = evaluate(model, ds, pre, batch_size=args.batch_size, tta=args.tta)
-    out_dir = Path(args.out) if args.out else Path(args.checkpoint).parent
-    png = plot_confusion(res.confusion, res.classes, out_dir / "confusion.png")
+    ckpt = Path(args.checkpoint)
+    out_dir = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
+    try:  # the metrics matter more than the picture: a plot that cannot be written only warns
+        png: Path | None = plot_confusion(res.confusion, res.classes, out_dir / "confusion.png")
+    except MobilenetsError as e:
+        if args.out:
+            raise
+        png = None
+        print(f"warning: confusion matrix plot not written: {e} (--out)", file=sys.stderr)
     if args.json:
-        print(json.dumps({**res.as_dict(), "checkpoint": str(args.checkpoint), "tta": args.tta,
-                          "confusion_png": str(png)}))
+        print(json.dumps(_finite({**res.as_dict(), "checkpoint": str(args.checkpoint), "tta": args.tta,
+                                  "confusion_png": str(png) if png else None}), allow_nan=False))
         return 0
     tta = ", flip test-time augmentation" if args.tta else ""
     print(f"{args.checkpoint} on {args.data} ({args.split}, {res.count} images{tta})")
@@ -217,8 +234,20 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"{c:{width}s}  {a:.4f}")
     print("\nconfusion matrix (rows: true class, columns: predicted)")
     print(format_confusion(res.confusion, res.classes))
-    print(f"\nconfusion matrix plot: {png}")
+    if png:
+        print(f"\nconfusion matrix plot: {png}")
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf as ``null``: JSON has no such numbers, and strict parsers reject Python's."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def format_confusion(confusion: list[list[int]], classes: list[str]) -> str:
@@ -265,7 +294,11 @@ def _predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .predict import predict_files
 
+    if args.top_k < 1:
+        raise MobilenetsError(f"--top-k must be >= 1, got {args.top_k}")
     for p in args.images:
+        if Path(p).is_dir():
+            raise MobilenetsError(f"{p} is a directory; give image files (e.g. {p}/*.png)")
         if not Path(p).is_file():
             raise MobilenetsError(f"image not found: {p}")
     # A run directory means its checkpoint (best, then model, then last), as for eval.
