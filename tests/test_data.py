@@ -242,3 +242,15 @@ def test_hidden_files_are_ignored_and_channels_probed_across_classes(tmp_path):
         warnings.simplefilter("error")  # no "skipped unreadable" warning
         ds = load_dataset(str(root), "train")
     assert ds.channels == 3 and len(ds) + len(load_dataset(str(root), "val")) == 48
+
+
+def test_cifar_as_unpacked_and_as_pickled_by_python3_protocol_2(tmp_path):
+    """The official archive unpacks into cifar-10-batches-py/: its parent works too. Python 3
+    pickles of protocol 2 rebuild bytes with _codecs.encode, which is plain data."""
+    root = make_cifar10_dir(tmp_path / "dl" / "cifar-10-batches-py", n=8)
+    for name in ("data_batch_1", "data_batch_2", "test_batch"):
+        d = pickle.loads((root / name).read_bytes())
+        (root / name).write_bytes(pickle.dumps(d, protocol=2))
+    assert b"_codecs" in (root / "test_batch").read_bytes()
+    ds = load_dataset(str(tmp_path / "dl"), "val")
+    assert len(ds) == 8 and ds.classes == ["a", "b", "c", "d"]

@@ -173,8 +173,40 @@ def test_load_artifact_errors(tmp_path):
     with pytest.raises(mobilenets.MobilenetsError, match="m.pt.json not found"):
         deploy.load_artifact(tmp_path / "m.pt")
     (tmp_path / "m.pt.json").write_text(json.dumps({"format": "torchscript"}))
+    with pytest.raises(mobilenets.MobilenetsError, match="lacks its preprocessing"):
+        deploy.load_artifact(tmp_path / "m.pt")
+    (tmp_path / "m.pt.json").write_text(json.dumps({"format": "torchscript", "preprocessing": PRE}))
     with pytest.raises(mobilenets.MobilenetsError, match="not a loadable torchscript file"):
         deploy.load_artifact(tmp_path / "m.pt")
+    (tmp_path / "m.pt2").write_bytes(b"PK\x03\x04 cut short")
+    (tmp_path / "m.pt2.json").write_text(json.dumps({"format": "pt2", "preprocessing": PRE}))
+    with pytest.raises(mobilenets.MobilenetsError, match="not a loadable pt2 file: BadZipFile"):
+        deploy.load_artifact(tmp_path / "m.pt2")
+    for bad, message in (([], "lacks its preprocessing"),
+                         ({"format": "pt2", "preprocessing": {**PRE, "input_size": -5}}, "input_size must be"),
+                         ({"format": "pt2", "preprocessing": {**PRE, "mean": "x"}}, "mean must be")):
+        (tmp_path / "m.pt2.json").write_text(json.dumps(bad))
+        with pytest.raises(mobilenets.MobilenetsError, match=message):
+            deploy.load_artifact(tmp_path / "m.pt2")
+    with pytest.raises(mobilenets.MobilenetsError, match="is not a checkpoint or an exported model"):
+        deploy.load_artifact(tmp_path / "m.pt2.json")
+
+
+def test_artifact_whose_metadata_does_not_fit_its_graph(exported, tmp_path):
+    """A sidecar edited to the wrong channel count for its graph: one clear error when run."""
+    result = exported("mobilenet_v3_small", "torchscript")
+    copy = tmp_path / "m.pt"
+    copy.write_bytes(result.path.read_bytes())
+    meta = json.loads(deploy.sidecar_path(result.path).read_text())
+    wrong = 3 if meta["preprocessing"]["channels"] == 1 else 1
+    meta["preprocessing"] = {**meta["preprocessing"], "channels": wrong, "mean": [0.5] * wrong,
+                             "std": [0.5] * wrong}
+    deploy.sidecar_path(copy).write_text(json.dumps(meta))
+    artifact = deploy.load_artifact(copy)
+    c = artifact.preprocessing["channels"]
+    s = artifact.preprocessing["input_size"]
+    with pytest.raises(mobilenets.MobilenetsError, match=rf"cannot run on inputs of shape \(1, {wrong}, "):
+        artifact(np.zeros((1, c, s, s), np.float32))
 
 
 # ----------------------------------------------------------------------------- int8
@@ -390,11 +422,36 @@ def checkpoint(tmp_path):
     (["--format", "torchscript", "--int8", "--calibration-data", "x"], "int8 export is ONNX only"),
     (["--int8"], "--int8 needs --calibration-data"),
     (["--int8", "--calibration-data", "/nonexistent/data"], "data not found"),
+    (["--tolerance", "-1"], "tolerance must be a positive number, got -1.0"),
+    (["--tolerance", "nan"], "tolerance must be a positive number, got nan"),
+    (["-o", "{ckpt}"], "a onnx export is a .onnx file"),  # the checkpoint itself
+    (["-o", "{dir}/photo.png"], "give a name ending in .onnx"),
+    (["--format", "torchscript", "-o", "{dir}/m.onnx"], "a torchscript export is a .pt file"),
 ])
 def test_export_cli_errors(checkpoint, capsys, args, message):
+    before = {p: p.read_bytes() for p in checkpoint.parent.iterdir()}
+    (checkpoint.parent / "photo.png").write_bytes(b"PNG")
+    before[checkpoint.parent / "photo.png"] = b"PNG"
+    args = [a.format(ckpt=checkpoint, dir=checkpoint.parent) for a in args]
     assert main(["export", str(checkpoint), *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err
+    assert {p: p.read_bytes() for p in checkpoint.parent.iterdir()} == before  # nothing written
+
+
+def test_export_output_names(checkpoint, tmp_path, capsys):
+    """A directory (or a name ending in /) gets the default name; a run directory exports
+    the checkpoint it stands for, under that checkpoint's name."""
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint.rename(run / "best.safetensors")
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+    assert (run / "best.pt").is_file()
+    assert main(["export", str(run / "best.safetensors"), "--format", "torchscript",
+                 "-o", str(tmp_path / "out") + "/"]) == 0
+    assert (tmp_path / "out" / "best.pt").is_file()
+    assert main(["export", str(run / "best.pt"), "--format", "torchscript"]) == 2
+    assert "is already an export; export takes the .safetensors" in capsys.readouterr().err
 
 
 def test_export_cli_missing_checkpoint(tmp_path, capsys):
@@ -406,6 +463,12 @@ def test_export_cli_missing_checkpoint(tmp_path, capsys):
     (["mobilenet_v5"], "neither a model name (did you mean"),
     (["mobilenet_v2", "--backends", "eager,tensorrt"], "backend must be one of"),
     (["mobilenet_v2", "--batch", "1,x"], "--batch must be comma-separated integers"),
+    (["mobilenet_v2", "--resolution", "0"], "resolution must be >= 8, got 0"),
+    (["mobilenet_v2", "--seconds", "inf"], "--seconds must be in (0, 600], got inf"),
+    (["mobilenet_v2", "--seconds", "0"], "--seconds must be in (0, 600]"),
+    (["mobilenet_v2", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["mobilenet_v2", "--backends", ","], "--backends is empty"),
+    (["mobilenet_v2", "--width-mult", "nan"], "width_mult must be in (0, 16], got nan"),
 ])
 def test_bench_cli_errors(capsys, args, message):
     assert main(["bench", *args]) == 2

@@ -174,3 +174,23 @@ def test_cpu_bf16_autocast_keeps_depthwise_convolutions_in_fp32(name):
     with torch.no_grad():  # without autocast nothing changes
         model.eval()
         assert model(torch.randn(1, 3, 32, 32)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("width", [float("nan"), float("inf"), 0.0, -1.0, 1e6])
+def test_width_multipliers_that_are_not_sane_numbers_are_refused(width):
+    """A typo must not end in a traceback, nor in an attempt to allocate terabytes."""
+    for name in ("mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small"):
+        with pytest.raises(mobilenets.MobilenetsError, match=r"width_mult must be in \(0, 16\]"):
+            mobilenets.create_model(name, width_mult=width)
+
+
+def test_the_readme_python_api_example_runs():
+    """The README's first example, verbatim up to the lines that need weight files."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = text.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = block.split("from mobilenets import convert", 1)[0]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert namespace["logits"].shape == (8, 10) and len(namespace["maps"]) == 5

@@ -235,6 +235,26 @@ def test_cli_unknown_topic_is_a_user_error(tmp_path, capsys):
     assert "did you mean 'manifold'" in capsys.readouterr().err
 
 
+def test_cli_unusable_out_directory_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["paper", "cost", "--out", str(tmp_path / "file" / "sub")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write to") and "choose another --out" in err
+
+
+def test_cli_ablation_takes_a_batch_size(tmp_path, monkeypatch, capsys):
+    """The trainer's "fewer than one batch; lower --batch-size" advice must be followable."""
+    seen = {}
+
+    def fake(out, **kw):
+        seen.update(kw)
+        return []
+
+    monkeypatch.setattr(paper, "ablation", fake)
+    assert main(["paper", "ablation", "--out", str(tmp_path), "--batch-size", "8"]) == 0
+    assert seen["batch_size"] == 8
+
+
 # ---------------------------------------------------------------- ablation
 
 def test_ablation_trains_linear_and_relu6_bottlenecks(tmp_path):

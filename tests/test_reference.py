@@ -136,3 +136,40 @@ def test_malicious_pickle_is_refused_without_executing(tmp_path, monkeypatch):
     assert main(["convert", "--from", "torchvision", str(bad), "--model", "mobilenet_v2",
                  "-o", str(tmp_path / "x.safetensors")]) == 2
     assert not (tmp_path / "pwned-by-pickle").exists()
+
+
+@pytest.mark.parametrize("path", [p for p in FIXTURES if not p.name.startswith("keras")],
+                         ids=lambda p: p.stem)
+def test_safetensors_weights_convert_although_the_file_keeps_no_order(path, tmp_path):
+    """timm's Hugging Face weights are `model.safetensors`, whose names come back sorted;
+    the converters pair by position, so the registration order must be restored."""
+    from safetensors.torch import save_file
+
+    fx = load_fixture(path)
+    tensors = fixture_tensors(fx)
+    shuffled = dict(sorted(tensors.items(), key=lambda kv: hash(kv[0]) % 997))
+    file = tmp_path / "model.safetensors"
+    save_file({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in shuffled.items()}, str(file))
+    assert convert.registration_order(list(shuffled)) == list(tensors)
+    model = convert.convert(fx["source"], file, fx["builder"], **_source_kwargs(fx))
+    _assert_logits(model, fx)
+
+
+def test_safetensors_of_an_unknown_layout_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    file = tmp_path / "other.safetensors"
+    save_file({"stem.conv.weight": torch.zeros(8, 3, 3, 3), "head.fc.weight": torch.zeros(10, 8)}, str(file))
+    with pytest.raises(mobilenets.MobilenetsError, match=r"cannot restore the order.*convert the \.pth"):
+        convert.from_timm(file, "mobilenetv3_small_100")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a pickle"])
+def test_unreadable_torch_files_are_one_clear_error(content, tmp_path):
+    file = tmp_path / "w.pth"
+    file.write_bytes(content)
+    with pytest.raises(mobilenets.MobilenetsError, match="refused to load"):
+        convert.from_timm(file, "mobilenetv3_small_100")
+    torch.save({"a": "text"}, file)
+    with pytest.raises(mobilenets.MobilenetsError, match="not numbers"):
+        convert.from_timm(file, "mobilenetv3_small_100")

@@ -249,7 +249,7 @@ def test_unknown_model_names_and_options(idx_dir: Path, tmp_path: Path,
     line = cli_error(capsys, ["summary", "mobilenet_v2", "--depth-multiplier", "2"])
     assert "mobilenet_v2 has no option 'depth_multiplier'" in line and "options:" in line
     line = cli_error(capsys, ["summary", "mobilenet_v1", "--width-mult", "-1"])
-    assert "width_mult must be positive" in line
+    assert "width_mult must be in (0, 16], got -1.0" in line
     torch.save({"w": torch.zeros(1)}, tmp_path / "w.pth")
     line = cli_error(capsys, ["convert", "--from", "timm", str(tmp_path / "w.pth"), "--model", "resnet50",
                               "-o", str(tmp_path / "o.safetensors")])

@@ -246,3 +246,35 @@ def test_predict_with_onnxruntime_backend_matches_torch(idx_dir, tmp_path, capsy
     assert [t["probability"] for t in ort_pred] == pytest.approx([t["probability"] for t in torch_pred], abs=1e-4)
     assert main(["predict", str(run / "best.safetensors"), str(img), "--backend", "onnxruntime"]) == 2
     assert "onnxruntime runs .onnx files" in capsys.readouterr().err
+
+
+def test_resume_says_what_it_ignores_and_when_there_is_nothing_to_do(idx_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--data", str(idx_dir), "--out", str(run), "--epochs", "1", "--batch-size", "16",
+                 "--width-mult", "0.25", "--precision", "fp32", "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume"]) == 0
+    out = capsys.readouterr()
+    assert "already trained 1 of 1 epochs; nothing to do" in out.out and "resuming" not in out.out
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--lr", "0.01",
+                 "--max-steps", "1"]) == 0
+    err = capsys.readouterr().err
+    # One plain `warning:` line, like errors, naming what was ignored and what the run uses.
+    assert "warning: --resume continues the saved run as it was configured; ignored: lr=0.01 (the run has" in err
+    assert "UserWarning" not in err
+
+
+def test_eval_leaves_a_large_confusion_matrix_out_of_the_text(tmp_path, capsys):
+    import mobilenets
+    from mobilenets.checkpoint import save_model
+
+    names = [f"c{i:02d}" for i in range(21)]
+    root = make_image_folder(tmp_path / "many", n_per_class=1, classes=names, splits=True)
+    model = mobilenets.create_model("mobilenet_v3_small", width_mult=0.25, num_classes=21, in_chans=1,
+                                    small_input=True)
+    ckpt = save_model(model, tmp_path / "m.safetensors", classes=names,
+                      preprocessing={"input_size": 28, "channels": 1, "mean": [0.5], "std": [0.5]})
+    assert main(["eval", str(ckpt), "--data", str(root), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "confusion matrix: 21×21, in the plot and in --json" in out and "columns:" not in out
+    assert (tmp_path / "confusion.png").is_file()

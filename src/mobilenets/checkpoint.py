@@ -79,18 +79,23 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, **meta: Any) -> 
     return path
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Tensors and metadata of a mobilenets ``.safetensors`` file, with clear errors."""
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """The checkpoint file ``path`` names: itself, or for a run directory its best (then
+    model, then last) checkpoint."""
     path = Path(path)
     if not path.exists():
         raise MobilenetsError(f"checkpoint not found: {path}")
     if path.is_dir():
         for candidate in ("best.safetensors", "model.safetensors", "last.safetensors"):
             if (path / candidate).is_file():
-                path = path / candidate
-                break
-        else:
-            raise MobilenetsError(f"{path} is a directory without best/model/last.safetensors")
+                return path / candidate
+        raise MobilenetsError(f"{path} is a directory without best/model/last.safetensors")
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and metadata of a mobilenets ``.safetensors`` file, with clear errors."""
+    path = checkpoint_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -111,7 +116,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if meta["model"] not in list_models():
         raise MobilenetsError(f"{path}: unknown model {_short(meta['model'])} in metadata; "
                               f"known models: {', '.join(list_models())}")
-    _check_meta_fields(meta, path)
+    check_meta_fields(meta, path)
     return tensors, meta
 
 
@@ -128,7 +133,7 @@ def _is_number(value: Any) -> bool:
     return abs(value) < 1e300 if isinstance(value, int) else math.isfinite(value)
 
 
-def _check_meta_fields(meta: dict[str, Any], path: Path) -> None:
+def check_meta_fields(meta: dict[str, Any], path: str | os.PathLike) -> None:
     """Reject metadata whose ``classes`` or ``preprocessing`` would break a later step
     (evaluation, prediction, export) with an obscure error: the file is corrupt or foreign."""
     classes = meta.get("classes")

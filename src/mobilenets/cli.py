@@ -7,12 +7,14 @@ the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 import traceback
-import importlib
-import os
+import warnings
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from .errors import MobilenetsError
 
@@ -139,6 +141,19 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_show_python_warning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Our own warnings as one ``warning: ...`` line, like errors; others as Python shows them."""
+    if os.path.abspath(filename).startswith(_PACKAGE_DIR) and issubclass(category, UserWarning):
+        print(f"warning: {message}", file=sys.stderr if file is None else file)
+    else:
+        _show_python_warning(message, category, filename, lineno, file, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -149,7 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         handler = getattr(args, "func", None) or _COMMANDS[args.command]
-        return int(handler(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(handler(args) or 0)
     except MobilenetsError as e:
         if args.debug:
             traceback.print_exc()

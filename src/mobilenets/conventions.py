@@ -69,6 +69,18 @@ BN_DEFAULTS: dict[str, tuple[float, float]] = {
 }
 
 
+#: The widest network the constructors build: 16× the papers' channels is already far
+#: past any published MobileNet (1.4×); beyond, a typo (``--width-mult 1e6``) would try to
+#: allocate terabytes.
+MAX_WIDTH_MULT = 16.0
+
+
+def check_width_mult(width_mult: float) -> None:
+    """One clear error for a width multiplier that is not a number in (0, 16]."""
+    if not (isinstance(width_mult, (int, float)) and 0 < width_mult <= MAX_WIDTH_MULT):
+        raise MobilenetsError(f"width_mult must be in (0, {MAX_WIDTH_MULT:g}], got {width_mult}")
+
+
 def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> int:
     """Round ``v`` to the nearest multiple of ``divisor``, never more than 10% below ``v``.
 

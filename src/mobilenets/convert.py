@@ -115,6 +115,47 @@ def _to_tensor(value: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value, dtype=np.float32))
 
 
+#: Converters pair tensors with ours by position, and a safetensors file keeps no order (its
+#: names come back sorted). These are the orders of the modules that torchvision's and
+#: timm's MobileNets register; each group of siblings takes the first list that holds all
+#: of its names. timm's depthwise-separable block (no ``conv_pwl``) is listed before its
+#: inverted residual, whose list holds the same names and more.
+_MODULE_ORDERS: tuple[tuple[str, ...], ...] = (
+    ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"),
+    ("conv_stem", "bn1", "blocks", "conv_head", "bn2", "features", "classifier"),  # the model
+    ("conv_dw", "bn1", "se", "conv_pw", "bn2"),  # timm DepthwiseSeparableConv
+    ("conv_pw", "bn1", "conv_dw", "bn2", "se", "conv_pwl", "bn3"),  # timm InvertedResidual
+    ("conv", "bn1"),  # timm ConvBnAct
+    ("conv_reduce", "conv_expand"),  # timm SqueezeExcite
+    ("fc1", "fc2"),  # torchvision SqueezeExcitation
+)
+
+
+def registration_order(names: list[str], source: str = "weights") -> list[str]:
+    """``names`` (dotted state-dict keys) in the order torchvision/timm register them."""
+    parts = {n: n.split(".") for n in names}
+    siblings: dict[tuple[str, ...], set[str]] = {}
+    for p in parts.values():
+        for i, c in enumerate(p):
+            siblings.setdefault(tuple(p[:i]), set()).add(c)
+    rank: dict[tuple[str, ...], dict[str, int]] = {}
+    for prefix, group in siblings.items():
+        words = {c for c in group if not c.isdigit()}
+        order = tuple(words) if len(words) <= 1 else next((o for o in _MODULE_ORDERS if words <= set(o)), None)
+        if order is None:
+            raise MobilenetsError(f"{source}: cannot restore the order of {sorted(words)} under "
+                                  f"{'.'.join(prefix) or 'the top level'} (a safetensors file keeps "
+                                  "none, and this is not a torchvision or timm MobileNet layout); "
+                                  "convert the .pth file instead")
+        rank[prefix] = {c: order.index(c) for c in words}
+
+    def key(name: str) -> list[tuple[int, int]]:
+        p = parts[name]
+        return [(0, int(c)) if c.isdigit() else (1, rank[tuple(p[:i])][c]) for i, c in enumerate(p)]
+
+    return sorted(names, key=key)
+
+
 def read_torch_weights(obj: Mapping[str, Any] | str | os.PathLike) -> dict[str, torch.Tensor]:
     """A PyTorch state dict from a mapping, a ``.pth``/``.pt`` file or a ``.safetensors`` file.
 
@@ -132,14 +173,16 @@ def read_torch_weights(obj: Mapping[str, Any] | str | os.PathLike) -> dict[str, 
                 obj = load_file(str(path))
             except Exception as e:  # noqa: BLE001 - any parse failure is the user's file
                 raise MobilenetsError(f"{path} is not a readable safetensors file: {e}") from e
+            obj = {k: obj[k] for k in registration_order(list(obj), str(path))}
         else:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - unpickling errors come in many types
+                lines = str(e).strip().splitlines()
                 raise MobilenetsError(
-                    f"refused to load {path}: not a plain PyTorch weights file "
-                    f"(loaded with weights_only=True, which never runs code): "
-                    f"{str(e).splitlines()[0]}") from e
+                    f"refused to load {path}: not a PyTorch weights file, or one that stores more "
+                    f"than tensors (loaded with weights_only=True, which never runs code): "
+                    f"{lines[0] if lines else type(e).__name__}") from e
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):
@@ -147,7 +190,11 @@ def read_torch_weights(obj: Mapping[str, Any] | str | os.PathLike) -> dict[str, 
                 break
     if not isinstance(obj, Mapping) or not obj:
         raise MobilenetsError("expected a non-empty state dict (a mapping of names to tensors)")
-    return {str(k): _to_tensor(v) for k, v in obj.items()}
+    try:
+        return {str(k): _to_tensor(v) for k, v in obj.items()}
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise MobilenetsError(f"expected a state dict of tensors; found a value that is not "
+                              f"numbers ({type(e).__name__}: {e})") from e
 
 
 def read_keras_weights(obj: Mapping[str, Any] | str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -198,11 +198,13 @@ def _check_labels(labels: np.ndarray, source: Path) -> None:
 # ----------------------------------------------------------------------------- CIFAR
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Unpickles only what CIFAR's python pickles contain: builtins and numpy arrays."""
+    """Unpickles only what CIFAR's python pickles contain: builtins and numpy arrays (and
+    ``_codecs.encode``, a pure function with which protocol 2 rebuilds byte strings)."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                 ("numpy", "ndarray"), ("numpy", "dtype"),
-                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar")}
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._ALLOWED:
@@ -568,8 +570,12 @@ def resolve_data_dir(spec: str) -> Path:
                               f"({', '.join(SEARCH_DIRS)}) nor an existing path")
     if not path.is_dir():
         raise MobilenetsError(f"--data must be a directory or a dataset name, got file {path}")
-    if not any(path.iterdir()):
+    children = [c for c in path.iterdir() if not c.name.startswith(".")]
+    if not children:
         raise MobilenetsError(f"data directory {path} is empty")
+    # An unpacked archive: `cifar-10-python.tar.gz` unpacks into cifar-10-batches-py/.
+    if len(children) == 1 and children[0].is_dir() and (_is_cifar(children[0]) or _is_idx(children[0])):
+        return children[0]
     return path
 
 

@@ -30,6 +30,7 @@ import copy
 import io
 import json
 import logging
+import math
 import os
 import tempfile
 import warnings
@@ -44,7 +45,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .checkpoint import atomic_write_bytes, load_model
+from .checkpoint import atomic_write_bytes, check_meta_fields, checkpoint_file, load_model
 from .conventions import check_choice
 from .errors import MobilenetsError
 from .layers import ConvNormAct
@@ -599,16 +600,17 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
             raise MobilenetsError(f"{path} was not exported by mobilenets (no preprocessing "
                                   "metadata); export it with `mobilenets export`")
         name = session.get_inputs()[0].name
-        return Artifact(path, "onnx", json.loads(meta_json),
-                        lambda x: session.run(None, {name: x})[0])
+        return Artifact(path, "onnx", _artifact_meta(meta_json, path),
+                        _guarded(path, lambda x: session.run(None, {name: x})[0]))
     side = sidecar_path(path)
     if not side.is_file():
         raise MobilenetsError(f"{side} not found: TorchScript and .pt2 artifacts keep their "
                               "preprocessing there; export with `mobilenets export`")
     try:
-        meta = json.loads(side.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise MobilenetsError(f"{side} is not readable JSON: {e}") from e
+        text = side.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MobilenetsError(f"{side} is not readable: {e}") from e
+    meta = _artifact_meta(text, side)
     fmt = meta.get("format")
     if fmt not in ("torchscript", "pt2"):
         raise MobilenetsError(f"{side}: unknown artifact format {fmt!r}")
@@ -618,8 +620,8 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
                 module = torch.jit.load(str(path), map_location="cpu")
         else:
             module = torch.export.load(str(path)).module()
-    except (RuntimeError, OSError, ValueError) as e:
-        raise MobilenetsError(f"{path} is not a loadable {fmt} file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways (BadZipFile, ...)
+        raise MobilenetsError(f"{path} is not a loadable {fmt} file: {type(e).__name__}: {e}") from e
     if threads:
         torch.set_num_threads(threads)
 
@@ -627,7 +629,37 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
         with torch.inference_mode():
             return module(torch.from_numpy(x)).numpy()
 
-    return Artifact(path, fmt, meta, run)
+    return Artifact(path, fmt, meta, _guarded(path, run))
+
+
+def _artifact_meta(text: str, source: Path) -> dict[str, Any]:
+    """An artifact's metadata (ONNX property or sidecar JSON), checked like a checkpoint's."""
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise MobilenetsError(f"{source}: metadata is not readable JSON ({e})") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("preprocessing"), dict):
+        raise MobilenetsError(f"{source}: metadata lacks its preprocessing; export with `mobilenets export`")
+    check_meta_fields(meta, source)
+    return meta
+
+
+def _guarded(path: Path, run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """``run``, with the runtime's shape errors (metadata that does not fit the graph) as
+    one clear error."""
+    def call(x: np.ndarray) -> np.ndarray:
+        try:
+            return run(x)
+        except (RuntimeError, ValueError) as e:
+            raise MobilenetsError(f"{path} cannot run on inputs of shape {tuple(x.shape)} that its "
+                                  f"metadata describes ({str(e).strip().splitlines()[0][:200]}); "
+                                  "re-export it") from e
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            if type(e).__module__.startswith("onnxruntime"):
+                raise MobilenetsError(f"{path} cannot run on inputs of shape {tuple(x.shape)}: "
+                                      f"{str(e).strip().splitlines()[0][:200]}; re-export it") from e
+            raise
+    return call
 
 
 # ----------------------------------------------------------------------------- parity
@@ -706,10 +738,24 @@ def _check_request(fmt: str, int8: bool) -> None:
 
 
 def default_output(checkpoint: str | os.PathLike, fmt: str, int8: bool = False) -> Path:
-    """``run/best.safetensors`` → ``run/best.onnx`` (``.int8.onnx``, ``.pt``, ``.pt2``)."""
-    path = Path(checkpoint)
-    base = path / "model" if path.is_dir() else path.with_suffix("")
+    """``run/best.safetensors`` (or ``run``) → ``run/best.onnx`` (``.int8.onnx``, ``.pt``, ``.pt2``)."""
+    base = checkpoint_file(checkpoint).with_suffix("")
     return base.with_name(base.name + (".int8" if int8 else "") + EXTENSIONS[fmt])
+
+
+def _check_output(output: Path, fmt: str) -> None:
+    """Before anything is written: a file name whose suffix fits the format, so that a
+    slip (``-o best.safetensors``, ``-o photo.png``) cannot replace another file."""
+    if output.is_dir():
+        raise MobilenetsError(f"output {output} is a directory; give a file name")
+    if output.suffix != EXTENSIONS[fmt]:
+        raise MobilenetsError(f"output {output}: a {fmt} export is a {EXTENSIONS[fmt]} file; "
+                              f"give a name ending in {EXTENSIONS[fmt]}")
+
+
+def _check_tolerance(tolerance: float | None) -> None:
+    if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
+        raise MobilenetsError(f"tolerance must be a positive number, got {tolerance}")
 
 
 def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
@@ -728,8 +774,8 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
     if int8 and (calibration_images is None or len(calibration_images) == 0):
         raise MobilenetsError("int8 needs calibration images (--calibration-data PATH)")
     output = Path(output)
-    if output.is_dir():
-        raise MobilenetsError(f"output {output} is a directory; give a file name")
+    _check_output(output, fmt)
+    _check_tolerance(tolerance)
     reference = copy.deepcopy(model).eval()
     ready = prepare_for_inference(model)
     meta = artifact_metadata(model, preprocessing, classes, fmt)
@@ -769,8 +815,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
                       calibration_data: str | os.PathLike | None = None,
                       calibration_size: int = 256,
                       tolerance: float | None = None) -> ExportResult:
-    """:func:`export_model` for a checkpoint file, with its preprocessing and classes."""
+    """:func:`export_model` for a checkpoint file (or run directory), with its preprocessing
+    and classes. An ``output`` that is a directory (or ends in ``/``) gets the default name."""
     _check_request(fmt, int8)
+    _check_tolerance(tolerance)
+    if Path(checkpoint).suffix in EXTENSIONS.values():
+        raise MobilenetsError(f"{checkpoint} is already an export; export takes the .safetensors "
+                              "checkpoint it came from")
+    if output is not None and (Path(output).is_dir() or str(output).endswith(("/", os.sep))):
+        output = Path(output) / default_output(checkpoint, fmt, int8).name
+    if output is not None:
+        _check_output(Path(output), fmt)
     model, meta = load_model(checkpoint)
     preprocessing = resolve_preprocessing(model, meta)
     if int8 and calibration_data is None:

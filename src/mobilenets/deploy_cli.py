@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -105,12 +106,19 @@ def _bench_model(spec: str, args: argparse.Namespace) -> tuple[nn.Module, int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import benchmark
+    from .bench import BACKENDS, benchmark
 
     batches = _int_list(args.batch, "--batch")
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = list(dict.fromkeys(b.strip() for b in args.backends.split(",") if b.strip()))
+    if not backends:
+        raise MobilenetsError(f"--backends is empty; choose from {', '.join(BACKENDS)}")
+    if not (math.isfinite(args.seconds) and 0 < args.seconds <= 600):
+        raise MobilenetsError(f"--seconds must be in (0, 600], got {args.seconds}")
+    if args.threads is not None and args.threads < 1:
+        raise MobilenetsError(f"--threads must be >= 1, got {args.threads}")
     model, default_resolution = _bench_model(args.model, args)
-    report = benchmark(model, batches=batches, resolution=args.resolution or default_resolution,
+    resolution = default_resolution if args.resolution is None else args.resolution
+    report = benchmark(model, batches=batches, resolution=resolution,
                        backends=backends, threads=args.threads, seconds=args.seconds,
                        log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())

@@ -14,7 +14,7 @@ from .errors import MobilenetsError
 
 from .blocks import DepthwiseSeparable
 from .conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
-                          check_choice, make_divisible)
+                          check_choice, check_width_mult, make_divisible)
 from .base import MobileNet
 from .layers import ConvNormAct
 
@@ -73,8 +73,7 @@ class MobileNetV1(MobileNet):
                  small_input: bool = False, table: tuple[DW, ...] = TABLE_1) -> None:
         check_choice("padding", padding, PADDINGS)
         check_choice("width_convention", width_convention, WIDTH_CONVENTIONS)
-        if width_mult <= 0:
-            raise MobilenetsError(f"width_mult must be positive, got {width_mult}")
+        check_width_mult(width_mult)
         if depth_multiplier < 1 or int(depth_multiplier) != depth_multiplier:
             raise MobilenetsError(f"depth_multiplier must be a positive integer, got {depth_multiplier}")
 

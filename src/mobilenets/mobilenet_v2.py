@@ -10,12 +10,11 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .errors import MobilenetsError
 
 from .base import MobileNet
 from .blocks import InvertedResidual
 from .conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
-                          check_choice, make_divisible)
+                          check_choice, check_width_mult, make_divisible)
 from .layers import Act, ConvNormAct
 
 
@@ -70,8 +69,7 @@ class MobileNetV2(MobileNet):
                  project_act: Act | None = None, table: tuple[Bottleneck, ...] = TABLE_2) -> None:
         check_choice("padding", padding, PADDINGS)
         check_choice("width_convention", width_convention, WIDTH_CONVENTIONS)
-        if width_mult <= 0:
-            raise MobilenetsError(f"width_mult must be positive, got {width_mult}")
+        check_width_mult(width_mult)
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding)
 
         channels = make_divisible(STEM_CHANNELS * width_mult, 8)

@@ -12,12 +12,11 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .errors import MobilenetsError
 
 from .base import MobileNet
 from .blocks import InvertedResidual
 from .conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
-                          check_choice, make_divisible)
+                          check_choice, check_width_mult, make_divisible)
 from .layers import Act, ConvNormAct, make_act
 
 
@@ -112,8 +111,7 @@ class MobileNetV3(MobileNet):
                  act: Act = "HS") -> None:
         check_choice("padding", padding, PADDINGS)
         check_choice("width_convention", width_convention, WIDTH_CONVENTIONS)
-        if width_mult <= 0:
-            raise MobilenetsError(f"width_mult must be positive, got {width_mult}")
+        check_width_mult(width_mult)
         tf = width_convention == "tf"
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding)
 

@@ -40,6 +40,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epochs", type=int, default=1)
     g.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
     p.set_defaults(func=run_paper)
 
 
@@ -50,7 +51,10 @@ def run_paper(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MobilenetsError(f"--out {out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MobilenetsError(f"cannot write to {out}: {e.strerror or e}; choose another --out") from e
     collected: dict[str, object] = {}
     for topic in topics:
         result, text, files = RUNNERS[topic](args, out)
@@ -195,7 +199,7 @@ def _last_stage(args: argparse.Namespace, out: Path) -> tuple[object, str, list[
 
 def _ablation(args: argparse.Namespace, out: Path) -> tuple[object, str, list[Path]]:
     rows = paper.ablation(out, data=args.data, epochs=args.epochs, seed=args.seed,
-                          max_steps=args.max_steps)
+                          max_steps=args.max_steps, batch_size=args.batch_size)
     text = _table(("V2 projection", "best acc", "final acc"),
                   [(r.variant, f"{r.best_acc:.4f}", f"{r.final_acc:.4f}") for r in rows])
     return rows, text, []

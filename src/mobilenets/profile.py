@@ -131,7 +131,8 @@ def profile(model: nn.Module, input_size: int | tuple[int, int] = 224,
             model(torch.zeros(1, in_chans, h, w))
     except RuntimeError as e:  # e.g. a map smaller than a kernel after the strided layers
         raise MobilenetsError(f"cannot run {getattr(model, 'model_name', root)} on {in_chans}x{h}x{w} "
-                              f"inputs ({str(e).splitlines()[0]}); use a larger resolution") from e
+                              f"inputs ({str(e).splitlines()[0]}); "
+                              f"{'use a larger resolution' if min(h, w) < 64 else 'too large for this machine'}") from e
     finally:
         for hk in hooks:
             hk.remove()

@@ -431,6 +431,13 @@ class Trainer:
             shards = saved_world * saved.accum_steps
             if world_size != saved_world and shards % world_size == 0:
                 overrides["accum_steps"] = shards // world_size
+            defaults = asdict(TrainConfig())
+            ignored = [f"{k}={v!r} (the run has {getattr(saved, k)!r})" for k, v in asdict(config).items()
+                       if k not in overrides and k not in ("out", "resume", "accum_steps")
+                       and v != defaults[k] and v != getattr(saved, k)]
+            if ignored and self.is_main:
+                warnings.warn("--resume continues the saved run as it was configured; ignored: "
+                              + ", ".join(ignored), stacklevel=2)
             config = replace(saved, resume=True, **overrides)
         init = None
         if config.init and not config.resume:
@@ -841,14 +848,18 @@ class Trainer:
                 self._rewrite_metrics()
             saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size}
             atomic_write_bytes(self.run_dir / "config.json", json.dumps(saved, indent=2).encode())
+        if cfg.resume and self.epoch >= cfg.epochs:
+            self._log(f"{self.run_dir} has already trained {self.epoch} of {cfg.epochs} epochs; nothing "
+                      f"to do (--resume --epochs N, with N > {self.epoch}, trains it further)")
         show_bar = self.is_main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
-        self._log(f"training {cfg.model} {self.model_kwargs} on {cfg.data}: {len(self.train_set)} train / "
-                  f"{len(self.val_set)} val images, {self.channels}×{self.image_size}², "
-                  f"{len(self.classes)} classes; {cfg.epochs} epochs × {self.steps_per_epoch} steps, "
-                  f"batch {self.global_batch}, {cfg.optimizer} lr {cfg.lr:g}, {self.precision}"
-                  + (f", {self.world_size} processes" if self.world_size > 1 else "")
-                  + (", quantization-aware (int8 simulated)" if cfg.qat else "")
-                  + (f" (resuming at epoch {self.epoch + 1})" if cfg.resume else ""))
+        if not (cfg.resume and self.epoch >= cfg.epochs):
+            self._log(f"training {cfg.model} {self.model_kwargs} on {cfg.data}: {len(self.train_set)} train / "
+                      f"{len(self.val_set)} val images, {self.channels}×{self.image_size}², "
+                      f"{len(self.classes)} classes; {cfg.epochs} epochs × {self.steps_per_epoch} steps, "
+                      f"batch {self.global_batch}, {cfg.optimizer} lr {cfg.lr:g}, {self.precision}"
+                      + (f", {self.world_size} processes" if self.world_size > 1 else "")
+                      + (", quantization-aware (int8 simulated)" if cfg.qat else "")
+                      + (f" (resuming at epoch {self.epoch + 1})" if cfg.resume else ""))
         t_start = time.perf_counter()
         with _interrupt_guard() as interrupted:
             self._interrupted = interrupted

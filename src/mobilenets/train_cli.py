@@ -232,8 +232,11 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{'class':{width}s}  accuracy")
     for c, a in zip(res.classes, res.per_class):
         print(f"{c:{width}s}  {a:.4f}")
-    print("\nconfusion matrix (rows: true class, columns: predicted)")
-    print(format_confusion(res.confusion, res.classes))
+    if len(res.classes) <= MAX_TEXT_CONFUSION:
+        print("\nconfusion matrix (rows: true class, columns: predicted)")
+        print(format_confusion(res.confusion, res.classes))
+    else:  # a 100×100 table is 50 KB of text nobody reads in a terminal
+        print(f"\nconfusion matrix: {len(res.classes)}×{len(res.classes)}, in the plot and in --json")
     if png:
         print(f"\nconfusion matrix plot: {png}")
     return 0
@@ -248,6 +251,10 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
+
+
+#: Above this many classes, `eval` leaves the confusion matrix out of its text output.
+MAX_TEXT_CONFUSION = 20
 
 
 def format_confusion(confusion: list[list[int]], classes: list[str]) -> str:
