@@ -217,6 +217,8 @@ def test_sixteen_bit_float_and_colour_key_images(tmp_path):
     for name in ("a.png", "a.pgm"):
         got = np.asarray(load_image(tmp_path / name, 1))
         assert got[0].tolist() == [0, 1, 15, 255], name
+    Image.fromarray(np.array([[0, 100, 255]] * 3, dtype=np.int32), "I").save(tmp_path / "i32.tif")
+    assert np.asarray(load_image(tmp_path / "i32.tif", 1))[0].tolist() == [0, 100, 255]  # not >> 8
     Image.fromarray(np.array([[0.0, 0.5, 1.0]] * 3, dtype=np.float32), "F").save(tmp_path / "f.tif")
     assert np.asarray(load_image(tmp_path / "f.tif", 1))[0].tolist() == [0, 128, 255]
     key = Image.fromarray(np.array([[0, 100]] * 2, dtype=np.uint8), "L")
@@ -238,6 +240,8 @@ def test_hidden_files_are_ignored_and_channels_probed_across_classes(tmp_path):
     make_image_folder(root, n_per_class=4, classes=("b_red", "c_blue"), modes=("RGB",))
     for p in list((root / "a_gray").glob("*.png")):
         (p.parent / f"._{p.name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "b_red" / ".ipynb_checkpoints").mkdir()
+    (root / "b_red" / ".ipynb_checkpoints" / "0-checkpoint.png").write_bytes(b"stale copy")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "skipped unreadable" warning
         ds = load_dataset(str(root), "train")

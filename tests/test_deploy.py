@@ -205,7 +205,7 @@ def test_artifact_whose_metadata_does_not_fit_its_graph(exported, tmp_path):
     artifact = deploy.load_artifact(copy)
     c = artifact.preprocessing["channels"]
     s = artifact.preprocessing["input_size"]
-    with pytest.raises(mobilenets.MobilenetsError, match=rf"cannot run on inputs of shape \(1, {wrong}, "):
+    with pytest.raises(mobilenets.MobilenetsError, match=rf"failed on inputs of shape \(1, {wrong}, "):
         artifact(np.zeros((1, c, s, s), np.float32))
 
 
@@ -478,3 +478,15 @@ def test_bench_cli_errors(capsys, args, message):
 def test_bench_cli_names_the_way_for_an_exported_file(exported, capsys):
     assert main(["bench", str(exported("mobilenet_v3_small", "onnx").path)]) == 2
     assert "is an exported file; bench takes the checkpoint" in capsys.readouterr().err
+
+
+def test_calibration_images_are_centre_crops_and_need_no_labels(tmp_path):
+    """int8 ranges are chosen on images as they will be served; a folder of unlabelled
+    images (one folder) is enough."""
+    from datagen import make_image_folder
+
+    root = make_image_folder(tmp_path / "calib", n_per_class=6, size=80, classes=("unlabelled",),
+                             modes=("RGB",))
+    pre = {"input_size": 64, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}
+    first = deploy.load_calibration_images(root, 4, pre)
+    assert first.shape == (4, 3, 64, 64) and torch.equal(first, deploy.load_calibration_images(root, 4, pre))

@@ -184,6 +184,14 @@ def test_width_multipliers_that_are_not_sane_numbers_are_refused(width):
             mobilenets.create_model(name, width_mult=width)
 
 
+def test_width_multiplier_of_any_real_type():
+    import numpy as np
+
+    assert mobilenets.create_model("mobilenet_v2", width_mult=np.float32(0.5)).num_features == 1280
+    with pytest.raises(mobilenets.MobilenetsError, match="got True"):
+        mobilenets.create_model("mobilenet_v2", width_mult=True)
+
+
 def test_the_readme_python_api_example_runs():
     """The README's first example, verbatim up to the lines that need weight files."""
     from pathlib import Path

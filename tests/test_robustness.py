@@ -782,8 +782,23 @@ def test_val_fraction_splits_a_folder_once_and_eval_scores_the_same_held_out_ima
     assert meta["holdout"] == {"seed": 3, "val_fraction": 0.5}
     assert main(["eval", str(tmp_path / "r"), "--data", str(root), "--split", "val", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    held_out = load_dataset(str(root), "val", seed=3, val_fraction=0.5)
-    assert res["count"] == 15 and torch.equal(held_out.images, trainer.val_set.images)
+    from mobilenets.train import evaluate
+
+    model, meta = load_model(tmp_path / "r" / "best.safetensors")
+    same = evaluate(model, trainer.val_set, meta["preprocessing"])  # the images training held out
+    assert res["count"] == 15 and res["confusion"] == same.confusion and res["loss"] == pytest.approx(same.loss)
+    other = load_dataset(str(root), "val", classes=meta["classes"])  # seed 0, 10 %: another split
+    assert len(other) == 3
+    # The export carries the split, so the artifact is scored on the same images.
+    assert main(["export", str(tmp_path / "r"), "--format", "torchscript"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "r" / "best.pt"), "--data", str(root), "--split", "val", "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["confusion"] == same.confusion
+    bad = rewrite_checkpoint(tmp_path / "r" / "best.safetensors", tmp_path / "bad.safetensors",
+                             lambda m: m.update(holdout={"seed": "x", "val_fraction": 2}))
+    assert "metadata 'holdout' must be a seed and a fraction" in cli_error(
+        capsys, ["eval", str(bad), "--data", str(root)])
 
 
 def test_eval_refuses_class_folders_the_model_does_not_know(run_dir: Path, tmp_path: Path,

@@ -256,11 +256,16 @@ def test_resume_says_what_it_ignores_and_when_there_is_nothing_to_do(idx_dir, tm
     assert main(["train", "--out", str(run), "--resume"]) == 0
     out = capsys.readouterr()
     assert "already trained 1 of 1 epochs; nothing to do" in out.out and "resuming" not in out.out
+    # The same model options as the run (whose saved options include the recipe's) are no news.
+    assert main(["train", "--out", str(run), "--resume", "--width-mult", "0.25"]) == 0
+    assert "warning" not in capsys.readouterr().err
     assert main(["train", "--out", str(run), "--resume", "--epochs", "2", "--lr", "0.01",
                  "--max-steps", "1"]) == 0
     err = capsys.readouterr().err
     # One plain `warning:` line, like errors, naming what was ignored and what the run uses.
     assert "warning: --resume continues the saved run as it was configured; ignored: lr=0.01 (the run has" in err
+    assert main(["train", "--out", str(run), "--resume", "--accum-steps", "2"]) == 0
+    assert "ignored: accum_steps=2 (the run has 1)" in capsys.readouterr().err
     assert "UserWarning" not in err
 
 
@@ -278,3 +283,21 @@ def test_eval_leaves_a_large_confusion_matrix_out_of_the_text(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "confusion matrix: 21×21, in the plot and in --json" in out and "columns:" not in out
     assert (tmp_path / "confusion.png").is_file()
+
+
+def test_classes_absent_from_the_evaluation_data_have_no_accuracy(tmp_path, capsys):
+    """A subset of a model's classes is a fair evaluation; the missing ones are not 0 %."""
+    import mobilenets
+    from mobilenets.checkpoint import save_model
+
+    names = ["cat", "dog", "fox"]
+    root = make_image_folder(tmp_path / "two", n_per_class=2, classes=("cat", "dog"), splits=True)
+    model = mobilenets.create_model("mobilenet_v3_small", width_mult=0.25, num_classes=3, in_chans=1,
+                                    small_input=True)
+    ckpt = save_model(model, tmp_path / "m.safetensors", classes=names,
+                      preprocessing={"input_size": 28, "channels": 1, "mean": [0.5], "std": [0.5]})
+    assert main(["eval", str(ckpt), "--data", str(root), "--out", str(tmp_path), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["per_class"][2] is None and res["count"] == 4 and res["classes"] == names
+    assert main(["eval", str(ckpt), "--data", str(root), "--out", str(tmp_path)]) == 0
+    assert "fox  -  (no images)" in capsys.readouterr().out

@@ -139,6 +139,12 @@ def check_meta_fields(meta: dict[str, Any], path: str | os.PathLike) -> None:
     classes = meta.get("classes")
     if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
         raise MobilenetsError(f"{path}: metadata 'classes' must be a list of names, got {_short(classes)}")
+    holdout = meta.get("holdout")
+    if holdout is not None and not (isinstance(holdout, dict) and isinstance(holdout.get("seed"), int)
+                                    and _is_number(holdout.get("val_fraction"))
+                                    and 0 < holdout["val_fraction"] < 1):
+        raise MobilenetsError(f"{path}: metadata 'holdout' must be a seed and a fraction in (0, 1), "
+                              f"got {_short(holdout)}")
     pre = meta.get("preprocessing")
     if pre is None:
         return

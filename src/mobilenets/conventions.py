@@ -44,6 +44,7 @@ this project chooses, and the single place a reader must check:
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 from .errors import MobilenetsError, did_you_mean
@@ -77,7 +78,8 @@ MAX_WIDTH_MULT = 16.0
 
 def check_width_mult(width_mult: float) -> None:
     """One clear error for a width multiplier that is not a number in (0, 16]."""
-    if not (isinstance(width_mult, (int, float)) and 0 < width_mult <= MAX_WIDTH_MULT):
+    if isinstance(width_mult, bool) or not (isinstance(width_mult, numbers.Real)
+                                            and 0 < width_mult <= MAX_WIDTH_MULT):
         raise MobilenetsError(f"width_mult must be in (0, {MAX_WIDTH_MULT:g}], got {width_mult}")
 
 

@@ -8,9 +8,9 @@ CPU than per-image transforms. Small datasets (IDX, CIFAR) live in memory as one
 Image conversion (``load_image``), for folders and ``mobilenets predict``:
 
 * EXIF orientation is applied first (a phone photo is classified the way it is viewed);
-* 16-bit grayscale (``I;16``, and ``I`` with values up to 65535, as Pillow opens 16-bit PGM
-  and some PNGs) keeps its top 8 bits (>> 8), like every 16-bit image viewer; ``I`` with
-  larger values is scaled by its maximum; float images (``F``) are read as [0, 1] when
+* 16-bit grayscale (``I;16``, and the ``I`` mode in which Pillow opens 16-bit PGM and some
+  16-bit PNGs) keeps its top 8 bits (>> 8), like every 16-bit image viewer; other 32-bit
+  integer images (TIFF) keep values up to 255 and are scaled by their maximum above; float images (``F``) are read as [0, 1] when
   their values lie there (scientific TIFFs), else as [0, 255], clipped;
 * palette (``P``) and other modes are converted to RGB (or L for 1-channel models);
 * transparent images (``RGBA``, ``LA``, palette or colour-key transparency) are
@@ -114,9 +114,10 @@ class TensorImages(Dataset):
         if size == self.image_size and self.images.shape[-2] == size:
             return self
         mode = "L" if self.channels == 1 else "RGB"
-        out = torch.stack([
-            to_uint8_tensor(resize_center_crop(Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy(), mode),
-                                               size)) for img in self.images])
+        out = torch.empty(len(self), self.channels, size, size, dtype=torch.uint8)
+        for i, img in enumerate(self.images):
+            pil = Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy(), mode)
+            out[i] = to_uint8_tensor(resize_center_crop(pil, size))
         return TensorImages(out, self.labels, self.classes, self.source, self.kind)
 
 
@@ -283,7 +284,9 @@ def load_image(path: str | os.PathLike, channels: int) -> "PIL.Image.Image":  # 
     try:
         with Image.open(path) as img:
             img.load()
-        return _convert_mode(ImageOps.exif_transpose(img), channels)
+        source_format = img.format
+        ImageOps.exif_transpose(img, in_place=True)
+        return _convert_mode(img, channels, source_format)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise MobilenetsError(f"cannot read image {path}: {e}; remove or replace the file") from e
     except Exception as e:  # noqa: BLE001 - decoders of corrupt files raise many types (struct.error,
@@ -292,14 +295,19 @@ def load_image(path: str | os.PathLike, channels: int) -> "PIL.Image.Image":  # 
                               "remove or replace the file") from e
 
 
-def _convert_mode(img, channels: int):
+def _convert_mode(img, channels: int, source_format: str | None = None):
     """A loaded PIL image in ``L`` or ``RGB``, following the rules in the module docstring."""
     from PIL import Image
 
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.int64)
         hi = int(arr.max()) if arr.size else 0
-        arr = arr * 255 // hi if hi > 65535 else arr >> 8
+        # Pillow opens 16-bit PGM and some 16-bit PNGs as 32-bit "I": those are 16-bit data.
+        sixteen = img.mode != "I" or source_format in ("PNG", "PPM")
+        if sixteen and hi <= 65535:
+            arr = arr >> 8
+        elif hi > 255:  # true 32-bit integers (TIFF): scaled by their maximum
+            arr = arr * 255 // hi
         img = Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
     elif img.mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
@@ -392,9 +400,9 @@ def scan_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
         raise MobilenetsError(f"{root} has no class folders; expected {root}/<class>/<image files>")
     files, labels = [], []
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).rglob("*")  # not hidden: macOS ._name twins
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-                       and p.is_file())
+        found = sorted(p for p in (root / name).rglob("*")  # nothing hidden: ._name, .ipynb_checkpoints/
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                       and not any(part.startswith(".") for part in p.relative_to(root / name).parts))
         if not found:
             raise MobilenetsError(f"class folder {root / name} has no images "
                                   f"({', '.join(sorted(IMAGE_EXTENSIONS))})")
@@ -432,7 +440,7 @@ MIN_IMAGE_SIZE = 8
 def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | None = None,
                       channels: int | None = None, val_fraction: float = DEFAULT_VAL_FRACTION,
                       seed: int = 0, classes: list[str] | None = None, strict: bool = False,
-                      augment: bool | None = None) -> Dataset:
+                      augment: bool | None = None, min_classes: int = 2) -> Dataset:
     """An image-folder dataset; uses ``root/train`` and ``root/val`` (or ``test``) if present,
     otherwise holds out ``val_fraction`` of each class (seeded) for validation.
 
@@ -440,7 +448,8 @@ def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | 
     are decoded lazily, with a random-resized crop when ``augment`` (default: the train
     split). Unreadable files are skipped with a warning, or are an error with ``strict``
     (see the module docstring). With a model's ``classes``, folders are matched to them by
-    name (any subset, in any order); without, at least two class folders are needed.
+    name (any subset, in any order); without, at least ``min_classes`` class folders are
+    needed (a classifier needs two; calibration images need no labels).
     """
     root = Path(root)
     sub = {"train": ["train"], "val": ["val", "valid", "validation", "test"],
@@ -474,19 +483,21 @@ def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | 
             raise MobilenetsError(f"{split_dir or root}: class folder(s) {unknown[:5]} are not among the "
                                   f"model's {len(classes)} classes ({', '.join(map(str, classes[:10]))}"
                                   f"{', ...' if len(classes) > 10 else ''})")
-        labels = [list(classes).index(found_classes[i]) for i in labels]
+        index = {c: i for i, c in enumerate(classes)}
+        labels = [index[found_classes[i]] for i in labels]
         found_classes = list(classes)
-    elif len(found_classes) < 2:
+    elif len(found_classes) < min_classes:
         hint = (f"; {root} looks like a single split: put it in {root.parent}/<train|val>/<class>/"
                 if found_classes[0].lower() in ("train", "val", "valid", "validation", "test") else "")
         raise MobilenetsError(f"{split_dir or root} has one class folder ({found_classes[0]}); a "
                               f"classifier needs at least two{hint}")
     probe_channels, probe_size = _probe_images(files)
     channels = channels or probe_channels
-    image_size = image_size or min(probe_size, 224)
-    if image_size < MIN_IMAGE_SIZE:
-        raise MobilenetsError(f"the images in {root} are about {image_size} px; the networks need at "
+    if image_size is None and min(probe_size, 224) < MIN_IMAGE_SIZE:
+        raise MobilenetsError(f"the images in {root} are about {probe_size} px; the networks need at "
                               f"least {MIN_IMAGE_SIZE} (--image-size upscales them)")
+    image_size = image_size or min(probe_size, 224)
+    _check_image_size(image_size)
     train = split == "train" if augment is None else augment
     ds = ImageFolder(files, labels, found_classes, image_size, channels, train=train,
                      source=str(split_dir or root), kind="photo" if image_size > 64 else "small", seed=seed)
@@ -558,7 +569,7 @@ def resolve_data_dir(spec: str) -> Path:
     if spec.lower() in SEARCH_DIRS:
         for d in SEARCH_DIRS[spec.lower()]:
             path = Path(d).expanduser()
-            if _find_idx(path, "train") or _find_idx(path, "t10k"):
+            if _is_idx(path):
                 return path
         hint = (" (Debian: apt-get install dataset-fashion-mnist)" if spec.lower() == "fashion-mnist"
                 else "")
@@ -577,6 +588,11 @@ def resolve_data_dir(spec: str) -> Path:
     if len(children) == 1 and children[0].is_dir() and (_is_cifar(children[0]) or _is_idx(children[0])):
         return children[0]
     return path
+
+
+def _check_image_size(size: int) -> None:
+    if size < MIN_IMAGE_SIZE:
+        raise MobilenetsError(f"image size must be >= {MIN_IMAGE_SIZE} px for the networks, got {size}")
 
 
 def _is_idx(path: Path) -> bool:
@@ -614,4 +630,7 @@ def load_dataset(spec: str, split: str = "train", *, image_size: int | None = No
         ds = load_cifar_dir(path, split, classes)
     else:
         return load_image_folder(path, split, image_size=image_size, classes=classes, **kwargs)
-    return ds.resized(image_size) if image_size else ds
+    if image_size:
+        _check_image_size(image_size)
+        return ds.resized(image_size)
+    return ds

@@ -183,8 +183,10 @@ def load_calibration_images(spec: str | os.PathLike, n: int,
 
     if n < 1:
         raise MobilenetsError(f"--calibration-size must be >= 1, got {n}")
+    # Centre crops, as served (not the training split's random crops); the labels do not
+    # matter, so one folder of unlabelled images is fine.
     ds = load_dataset(str(spec), "train", image_size=preprocessing["input_size"],
-                      channels=preprocessing["channels"])
+                      channels=preprocessing["channels"], augment=False, min_classes=1)
     if len(ds) == 0:
         raise MobilenetsError(f"calibration data {spec} has no images")
     g = torch.Generator().manual_seed(seed)
@@ -651,13 +653,14 @@ def _guarded(path: Path, run: Callable[[np.ndarray], np.ndarray]) -> Callable[[n
         try:
             return run(x)
         except (RuntimeError, ValueError) as e:
-            raise MobilenetsError(f"{path} cannot run on inputs of shape {tuple(x.shape)} that its "
-                                  f"metadata describes ({str(e).strip().splitlines()[0][:200]}); "
-                                  "re-export it") from e
+            raise MobilenetsError(f"{path} failed on inputs of shape {tuple(x.shape)}, as its metadata "
+                                  f"describes them ({str(e).strip().splitlines()[0][:200]}); if the "
+                                  "metadata was edited, re-export the model") from e
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             if type(e).__module__.startswith("onnxruntime"):
-                raise MobilenetsError(f"{path} cannot run on inputs of shape {tuple(x.shape)}: "
-                                      f"{str(e).strip().splitlines()[0][:200]}; re-export it") from e
+                raise MobilenetsError(f"{path} failed on inputs of shape {tuple(x.shape)}, as its "
+                                      f"metadata describes them ({str(e).strip().splitlines()[0][:200]}); "
+                                      "if the metadata was edited, re-export the model") from e
             raise
     return call
 
@@ -761,7 +764,7 @@ def _check_tolerance(tolerance: float | None) -> None:
 def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
                  preprocessing: dict[str, Any], classes: Sequence[str] | None = None,
                  int8: bool = False, calibration_images: torch.Tensor | None = None,
-                 tolerance: float | None = None) -> ExportResult:
+                 tolerance: float | None = None, extra_meta: dict[str, Any] | None = None) -> ExportResult:
     """Export ``model`` as ``fmt`` to ``output``, reload it and check it against ``model``.
 
     ``calibration_images`` (uint8 ``(N, C, H, W)``) are required for ``int8`` and, when
@@ -778,7 +781,7 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
     _check_tolerance(tolerance)
     reference = copy.deepcopy(model).eval()
     ready = prepare_for_inference(model)
-    meta = artifact_metadata(model, preprocessing, classes, fmt)
+    meta = artifact_metadata(model, preprocessing, classes, fmt, **(extra_meta or {}))
     files = [output]
     if fmt == "onnx":
         data = onnx_bytes(ready, preprocessing, meta)
@@ -835,4 +838,5 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
               if calibration_data is not None else None)
     return export_model(model, fmt, output or default_output(checkpoint, fmt, int8),
                         preprocessing=preprocessing, classes=meta.get("classes"), int8=int8,
-                        calibration_images=images, tolerance=tolerance)
+                        calibration_images=images, tolerance=tolerance,
+                        extra_meta={"holdout": meta["holdout"]} if "holdout" in meta else None)

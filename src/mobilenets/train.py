@@ -306,7 +306,7 @@ class EvalResult:
     loss: float
     top1: float
     top5: float
-    per_class: list[float]
+    per_class: list[float | None]
     confusion: list[list[int]]
     classes: list[str]
     count: int
@@ -362,7 +362,9 @@ def evaluate(model: nn.Module, dataset, preprocessing: dict[str, Any], batch_siz
     total = int(confusion.sum())
     if total == 0:
         raise MobilenetsError("the evaluation set is empty")
-    per_class = (confusion.diag().double() / confusion.sum(1).clamp_min(1).double()).tolist()
+    counts = confusion.sum(1)
+    per_class = [float(c) / int(n) if n else None  # a class absent from the data has no accuracy
+                 for c, n in zip(confusion.diag().tolist(), counts.tolist())]
     return EvalResult(loss=float(loss_sum) / total, top1=float(confusion.diag().sum()) / total,
                       top5=float(top5) / total, per_class=per_class, confusion=confusion.tolist(),
                       classes=classes, count=total)
@@ -431,9 +433,13 @@ class Trainer:
             shards = saved_world * saved.accum_steps
             if world_size != saved_world and shards % world_size == 0:
                 overrides["accum_steps"] = shards // world_size
+            # The saved configuration is resolved (the recipe filled in), so a value given
+            # now counts as different only where it is not the default and not the saved one.
             defaults = asdict(TrainConfig())
-            ignored = [f"{k}={v!r} (the run has {getattr(saved, k)!r})" for k, v in asdict(config).items()
-                       if k not in overrides and k not in ("out", "resume", "accum_steps")
+            given = asdict(config)
+            given["model_kwargs"] = {**saved.model_kwargs, **config.model_kwargs}
+            ignored = [f"{k}={v!r} (the run has {getattr(saved, k)!r})" for k, v in given.items()
+                       if k not in overrides and k not in ("out", "resume")
                        and v != defaults[k] and v != getattr(saved, k)]
             if ignored and self.is_main:
                 warnings.warn("--resume continues the saved run as it was configured; ignored: "
@@ -600,7 +606,7 @@ class Trainer:
                           epoch=self.epoch, recipe=self.cfg.recipe)
         meta["model_kwargs"] = dict(self.model_kwargs)
         if self.holdout:  # so that `eval` scores the same held-out images
-            meta["holdout"] = self.holdout
+            meta["holdout"] = dict(self.holdout)
         if self.cfg.qat:
             meta["qat"] = {"init": self.cfg.init, "simulates": "onnxruntime int8 (mobilenets.qat)"}
         meta.update(extra)

@@ -35,7 +35,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", type=float, help="EMA decay of the weights (e.g. 0.999); 0 disables")
     p.add_argument("--weight-decay", type=float, help="on conv/linear weights (not BN, not biases)")
     p.add_argument("--erasing", type=float, help="random-erasing probability")
-    p.add_argument("--image-size", type=int, help="image folders: resize to this size")
+    p.add_argument("--image-size", type=int,
+                   help="input size in px (default: the data's, photos capped at 224); in-memory data "
+                        "(IDX, CIFAR, small-image folders) is resized once, up front")
     p.add_argument("--val-fraction", type=float, help="hold out this fraction of train for validation")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for image folders")
     p.add_argument("--strict", action="store_true",
@@ -231,7 +233,7 @@ def _eval(args: argparse.Namespace) -> int:
     width = max(len(c) for c in res.classes)
     print(f"{'class':{width}s}  accuracy")
     for c, a in zip(res.classes, res.per_class):
-        print(f"{c:{width}s}  {a:.4f}")
+        print(f"{c:{width}s}  {'-  (no images)' if a is None else f'{a:.4f}'}")
     if len(res.classes) <= MAX_TEXT_CONFUSION:
         print("\nconfusion matrix (rows: true class, columns: predicted)")
         print(format_confusion(res.confusion, res.classes))
@@ -278,7 +280,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
 
     m = np.asarray(confusion, dtype=float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
-    size = max(4.0, 0.5 * len(classes) + 2)
+    size = min(max(4.0, 0.5 * len(classes) + 2), 40.0)  # 1000 classes must not make a 6 GB image
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     ax.set_xticks(range(len(classes)), classes, rotation=60, ha="right")
