@@ -71,6 +71,22 @@ def test_resume_is_exact(idx_dir, tmp_path):
     assert [h["val_acc"] for h in full_hist] == [h["val_acc"] for h in split_hist]
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_resume_is_exact_for_rgb_inputs_with_fused_optimizers(optimizer, tmp_path):
+    """A 3×3 stem on RGB input is the one weight whose channels_last layout differs from the
+    contiguous one: its restored optimizer buffers must take the weight's layout (fused
+    kernels step both in memory order)."""
+    root = make_image_folder(tmp_path / "rgb", n_per_class=8, modes=("RGB",), splits=True)
+    kw = dict(epochs=2, optimizer=optimizer, lr=0.01, batch_size=8)
+    train(_cfg(root, tmp_path / "full", **kw))
+    train(_cfg(root, tmp_path / "split", stop_after_epoch=1, **kw))
+    train(_cfg(root, tmp_path / "split", resume=True))
+    full, split = _final_state(tmp_path / "full")[0], _final_state(tmp_path / "split")[0]
+    assert full["features.0.conv.weight"].shape[1] == 3
+    for k in full:
+        assert torch.equal(full[k], split[k]), k
+
+
 def test_last_checkpoint_loads_evaluates_and_initialises_like_best(idx_dir, tmp_path, capsys):
     """``last.safetensors`` also holds the training state; loading, ``eval`` and ``--init``
     take its model weights (after one epoch without EMA, the same as ``best``)."""

@@ -661,6 +661,15 @@ class Trainer:
                 pid, name = k.split("/", 1)
                 opt_state.setdefault(int(pid), {})[name] = v
             self.optimizer.load_state_dict({"state": opt_state, "param_groups": opt_meta["param_groups"]})
+            # The buffers come back contiguous; fused kernels step buffer and parameter element by
+            # element in memory order, so each buffer must share its (channels_last) parameter's
+            # layout, or a 3×3 stem on RGB input is updated with its neighbours' momentum.
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    buffers = self.optimizer.state.get(p, {})
+                    for name, v in buffers.items():
+                        if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                            buffers[name] = torch.empty_like(p).copy_(v)
             if self.cfg.qat:
                 load_range_state(self.model, {k[len("train/qat/"):]: v for k, v in tensors.items()
                                               if k.startswith("train/qat/")}, source=str(self.run_dir / "last.safetensors"))
