@@ -277,6 +277,10 @@ def load_cifar_dir(directory: str | os.PathLike, split: str, classes: list[str] 
 
 # ----------------------------------------------------------------------------- images
 
+#: The advice ``load_image`` ends its errors with; a folder-level report gives its own.
+_REPLACE_HINT = "; remove or replace the file"
+
+
 def load_image(path: str | os.PathLike, channels: int) -> "PIL.Image.Image":  # noqa: F821
     """Open any image and convert it to ``L`` (channels=1) or ``RGB`` as documented above."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -288,11 +292,10 @@ def load_image(path: str | os.PathLike, channels: int) -> "PIL.Image.Image":  # 
         ImageOps.exif_transpose(img, in_place=True)
         return _convert_mode(img, channels, source_format)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise MobilenetsError(f"cannot read image {path}: {e}; remove or replace the file") from e
+        raise MobilenetsError(f"cannot read image {path}: {e}{_REPLACE_HINT}") from e
     except Exception as e:  # noqa: BLE001 - decoders of corrupt files raise many types (struct.error,
         # IndexError, DecompressionBombError, ...): all mean "not a usable image"
-        raise MobilenetsError(f"cannot read image {path}: {type(e).__name__}: {e}; "
-                              "remove or replace the file") from e
+        raise MobilenetsError(f"cannot read image {path}: {type(e).__name__}: {e}{_REPLACE_HINT}") from e
 
 
 def _convert_mode(img, channels: int, source_format: str | None = None):
@@ -510,7 +513,7 @@ def _report(bad: list[str], small: int, ds: ImageFolder, strict: bool) -> None:
     """One warning (or, ``strict``, one error) for unreadable files; one for small images."""
     if bad and strict:
         raise MobilenetsError(f"{len(bad)} unreadable image file(s) in {ds.source}, e.g. "
-                              f"{bad[0].split('; remove or replace')[0]}; remove them, or leave out "
+                              f"{bad[0].removesuffix(_REPLACE_HINT)}; remove them, or leave out "
                               "--strict to skip them")
     if bad:
         warnings.warn(f"skipped {len(bad)} unreadable image(s) in {ds.source}, e.g. {bad[0]} "
