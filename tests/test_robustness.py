@@ -265,19 +265,28 @@ def test_unknown_model_names_and_options(idx_dir: Path, tmp_path: Path,
     (["train", "--epochs", "0"], "epochs must be >= 1"),
     (["train", "--batch-size", "0"], "batch size must be >= 1"),
     (["train", "--lr", "-1"], "learning rate must be positive"),
-    (["train", "--image-size", "-5"], "image size must be >= 1"),
+    (["train", "--image-size", "-5"], "image size must be in [8, 1024]"),
     (["train", "--max-steps", "0"], "max steps must be >= 1"),
     (["train", "--stop-after-epoch", "0"], "stop after epoch must be >= 1"),
     (["train", "--weight-decay", "-1"], "weight decay must be >= 0"),
     (["train", "--erasing", "2"], "random-erasing probability must be in [0, 1]"),
     (["train", "--warmup", "-1"], "warm-up must be >= 0"),
     (["train", "--nproc-per-node", "0"], "--nproc-per-node must be >= 1"),
+    (["train", "--image-size", "5000"], "image size must be in [8, 1024]"),
+    (["train", "--val-fraction", "0"], "validation fraction must be in (0, 1)"),
+    (["train", "--seed", "-1"], "seed must be in [0, 2**63)"),
+    (["train", "--lr", "inf"], "lr must be a finite number"),
+    (["train", "--weight-decay", "nan"], "weight decay must be a finite number"),
+    (["train", "--warmup", "inf"], "warmup must be a finite number"),
+    (["eval", "RUN", "--batch-size", "0"], "--batch-size must be >= 1"),
 ])
-def test_bad_option_values(argv: list[str], message: str, idx_dir: Path, tmp_path: Path,
+def test_bad_option_values(argv: list[str], message: str, idx_dir: Path, run_dir: Path, tmp_path: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     """Values argparse cannot judge: each is one clear error naming the option."""
     if argv[0] == "train":
         argv = argv + ["--data", str(idx_dir), "--out", str(tmp_path / "r")]
+    if argv[0] == "eval":
+        argv = [a.replace("RUN", str(run_dir)) for a in argv] + ["--data", str(idx_dir)]
     assert message in cli_error(capsys, argv)
 
 

@@ -225,9 +225,9 @@ def test_image_folder_training(tmp_path):
 
 
 def test_demo_command_end_to_end(tmp_path, capsys):
-    data = make_idx_dir(tmp_path / "data", n_train=256, n_test=32)  # one batch of the recipe
+    data = make_idx_dir(tmp_path / "data", n_train=64, n_test=32)
     out = tmp_path / "demo"
-    assert main(["demo", "--data", str(data), "--out", str(out), "--epochs", "1"]) == 0
+    assert main(["demo", "--data", str(data), "--out", str(out), "--epochs", "1", "--batch-size", "32"]) == 0
     text = capsys.readouterr().out
     assert "test top-1" in text and "(32 images)" in text and "predictions" in text
     assert (out / "best.safetensors").is_file() and (out / "confusion.png").is_file()

@@ -113,12 +113,25 @@ class TensorImages(Dataset):
 
         if size == self.image_size and self.images.shape[-2] == size:
             return self
+        need = len(self) * self.channels * size * size
+        if need > _memory_bytes() // 2:
+            raise MobilenetsError(f"{self.source}: {len(self)} images at {size}×{size} px need "
+                                  f"{need / 2**30:.1f} GiB in memory, more than half of this machine's; "
+                                  "choose a smaller --image-size")
         mode = "L" if self.channels == 1 else "RGB"
         out = torch.empty(len(self), self.channels, size, size, dtype=torch.uint8)
         for i, img in enumerate(self.images):
             pil = Image.fromarray(img.permute(1, 2, 0).squeeze(-1).numpy(), mode)
             out[i] = to_uint8_tensor(resize_center_crop(pil, size))
         return TensorImages(out, self.labels, self.classes, self.source, self.kind)
+
+
+def _memory_bytes() -> int:
+    """Physical memory of this machine (a large number where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 50
 
 
 # ----------------------------------------------------------------------------- IDX
@@ -438,6 +451,9 @@ def _probe_images(files: list[Path], n: int = 32) -> tuple[int, int]:
 DEFAULT_VAL_FRACTION = 0.1
 #: Smallest side the networks are given: below it, the strided layers leave nothing.
 MIN_IMAGE_SIZE = 8
+#: Largest: four times the papers' biggest input (224); far beyond it a typo (2240 for 224)
+#: would only end in an out-of-memory kill.
+MAX_IMAGE_SIZE = 1024
 
 
 def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | None = None,
@@ -594,8 +610,8 @@ def resolve_data_dir(spec: str) -> Path:
 
 
 def _check_image_size(size: int) -> None:
-    if size < MIN_IMAGE_SIZE:
-        raise MobilenetsError(f"image size must be >= {MIN_IMAGE_SIZE} px for the networks, got {size}")
+    if not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise MobilenetsError(f"image size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] px, got {size}")
 
 
 def _is_idx(path: Path) -> bool:

@@ -647,22 +647,31 @@ def _artifact_meta(text: str, source: Path) -> dict[str, Any]:
 
 
 def _guarded(path: Path, run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """``run``, with the runtime's shape errors (metadata that does not fit the graph) as
-    one clear error."""
+    """``run``, with the runtime's errors as one clear error: running out of memory, or
+    (most often) metadata that does not fit the graph."""
     def call(x: np.ndarray) -> np.ndarray:
         try:
             return run(x)
-        except (RuntimeError, ValueError) as e:
-            raise MobilenetsError(f"{path} failed on inputs of shape {tuple(x.shape)}, as its metadata "
-                                  f"describes them ({str(e).strip().splitlines()[0][:200]}); if the "
-                                  "metadata was edited, re-export the model") from e
+        except (RuntimeError, ValueError, MemoryError) as e:
+            raise _run_failure(path, x, e) from e
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             if type(e).__module__.startswith("onnxruntime"):
-                raise MobilenetsError(f"{path} failed on inputs of shape {tuple(x.shape)}, as its "
-                                      f"metadata describes them ({str(e).strip().splitlines()[0][:200]}); "
-                                      "if the metadata was edited, re-export the model") from e
+                raise _run_failure(path, x, e) from e
             raise
     return call
+
+
+_OUT_OF_MEMORY = ("out of memory", "can't allocate", "cannot allocate", "bad_alloc", "failed to allocate")
+
+
+def _run_failure(path: Path, x: np.ndarray, e: BaseException) -> MobilenetsError:
+    text = str(e).strip()
+    first = text.splitlines()[0][:200] if text else type(e).__name__
+    if isinstance(e, MemoryError) or any(s in text.lower() for s in _OUT_OF_MEMORY):
+        return MobilenetsError(f"{path} ran out of memory on a batch of {x.shape[0]} ({first}); "
+                               "use a smaller batch size")
+    return MobilenetsError(f"{path} failed on inputs of shape {tuple(x.shape)}, as its metadata "
+                           f"describes them ({first}); if the metadata was edited, re-export the model")
 
 
 # ----------------------------------------------------------------------------- parity

@@ -42,7 +42,8 @@ from .augment import channel_stats, normalize, random_crop_flip, random_erasing
 from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
                          read_checkpoint, state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
-from .data import DEFAULT_VAL_FRACTION, TensorImages, load_dataset, splits_from_train
+from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages, load_dataset,
+                   splits_from_train)
 from .errors import MobilenetsError, did_you_mean
 from .qat import calibrate, load_range_state, prepare_qat, range_state
 from .registry import create_model, model_options
@@ -146,6 +147,8 @@ class TrainConfig:
         for k, v in base.items():
             if values.get(k) is None:
                 values[k] = v
+        if values["ema"] == 0:  # given as 0: off, even where the recipe averages
+            values["ema"] = None
         cfg = TrainConfig(**values)
         cfg.validate()
         return cfg
@@ -163,7 +166,12 @@ class TrainConfig:
             (0 <= (self.label_smoothing or 0) < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.ema is None or 0 <= self.ema < 1, f"EMA decay must be in [0, 1), got {self.ema}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
-            (self.image_size is None or self.image_size >= 1, f"image size must be >= 1, got {self.image_size}"),
+            (self.image_size is None or MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE,
+             f"image size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}] px, got {self.image_size}"),
+            (self.val_fraction is None or 0 < self.val_fraction < 1,
+             f"validation fraction must be in (0, 1), got {self.val_fraction} (leave --val-fraction "
+             "out to validate on the dataset's own split)"),
+            (0 <= self.seed < 2 ** 63, f"seed must be in [0, 2**63), got {self.seed}"),
             (self.max_steps is None or self.max_steps >= 1, f"max steps must be >= 1, got {self.max_steps}"),
             (self.stop_after_epoch is None or self.stop_after_epoch >= 1,
              f"stop after epoch must be >= 1, got {self.stop_after_epoch}"),
@@ -175,9 +183,33 @@ class TrainConfig:
             ((self.weight_decay or 0) >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (0 <= (self.erasing or 0) <= 1, f"random-erasing probability must be in [0, 1], got {self.erasing}"),
         ]
+        for name in ("lr", "weight_decay", "warmup", "label_smoothing", "ema", "erasing", "val_fraction",
+                     "momentum", "gamma", "step_epochs"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise MobilenetsError(f"{name.replace('_', ' ')} must be a finite number, got {value}")
         for ok, message in checks:
             if not ok:
                 raise MobilenetsError(message)
+
+
+#: Model options that may differ from an ``--init`` checkpoint's: they change training, not
+#: the weights' shapes or meaning.
+INIT_FREE_OPTIONS = frozenset({"dropout"})
+
+
+def preflight(config: TrainConfig) -> None:
+    """The checks that need no data loaded, run before torchrun starts the workers, so that
+    a mistake in the options is reported once instead of once per process."""
+    from .data import resolve_data_dir
+
+    if config.resume:
+        Trainer._read_saved_config_in(Path(config.out))
+        return
+    if config.init:
+        config = Trainer._from_init(config, read_checkpoint(config.init)[1])
+    model_options(config.resolved().model)  # an unknown model name is an error here
+    resolve_data_dir(config.data)
 
 
 @dataclass
@@ -276,8 +308,8 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """Multiplier of the base learning rate at global ``step`` (linear warm-up, then the schedule)."""
     epoch = step / steps_per_epoch
     warm = cfg.warmup or 0.0
-    if warm > 0 and epoch < warm:
-        return (step + 1) / (warm * steps_per_epoch)
+    if warm > 0 and epoch < warm:  # capped: a fractional warm-up must not overshoot the peak
+        return min(1.0, (step + 1) / (warm * steps_per_epoch))
     if cfg.schedule == "cosine":
         total = cfg.epochs - warm
         progress = min(1.0, (epoch - warm) / total) if total > 0 else 1.0
@@ -423,11 +455,13 @@ class Trainer:
         self.run_dir = Path(config.out)
         if config.resume:
             saved, saved_world = self._read_saved_config()
-            # The saved run defines everything; only the epoch budget may grow, and
-            # stop_after_epoch/max_steps/progress/workers describe this invocation.
-            overrides = {k: getattr(config, k) for k in ("stop_after_epoch", "max_steps", "progress", "workers")}
-            if config.epochs is not None:
-                overrides["epochs"] = config.epochs
+            # The saved run defines everything; only the epoch budget (and, given again, the
+            # steps per epoch) may change, and stop_after_epoch/progress/workers describe this
+            # invocation.
+            overrides = {k: getattr(config, k) for k in ("stop_after_epoch", "progress", "workers")}
+            for k in ("epochs", "max_steps"):
+                if getattr(config, k) is not None:
+                    overrides[k] = getattr(config, k)
             # At another world size, keep the number of micro-batches per step (processes ×
             # accumulation) so every step sees the same micro-batches as before.
             shards = saved_world * saved.accum_steps
@@ -438,6 +472,8 @@ class Trainer:
             defaults = asdict(TrainConfig())
             given = asdict(config)
             given["model_kwargs"] = {**saved.model_kwargs, **config.model_kwargs}
+            if given["ema"] == 0:  # "off", as the saved None says
+                given["ema"] = None
             ignored = [f"{k}={v!r} (the run has {getattr(saved, k)!r})" for k, v in given.items()
                        if k not in overrides and k not in ("out", "resume")
                        and v != defaults[k] and v != getattr(saved, k)]
@@ -461,13 +497,15 @@ class Trainer:
 
         folder_kwargs: dict[str, Any] = {"seed": cfg.seed, "strict": cfg.strict}  # only image folders use these
         # A folder without train/ and val/ is split by the loader, per class, with --val-fraction.
-        self.holdout = ({"seed": cfg.seed, "val_fraction": cfg.val_fraction or DEFAULT_VAL_FRACTION}
+        vf = cfg.val_fraction if cfg.val_fraction is not None else DEFAULT_VAL_FRACTION
+        self.holdout = ({"seed": cfg.seed, "val_fraction": vf}
                         if splits_from_train(cfg.data) else None)
         if self.holdout:
             folder_kwargs.update(self.holdout)
         self.train_set = load_dataset(cfg.data, "train", image_size=cfg.image_size, **folder_kwargs)
-        if cfg.val_fraction and not self.holdout:
-            self.train_set, self.val_set = _holdout(self.train_set, cfg.val_fraction, cfg.seed)
+        if cfg.val_fraction is not None and not self.holdout:
+            self.train_set, self.val_set = holdout_split(self.train_set, cfg.val_fraction, cfg.seed)
+            self.holdout = {"seed": cfg.seed, "val_fraction": cfg.val_fraction}
         else:
             self.val_set = load_dataset(cfg.data, "val", image_size=self.train_set.image_size,
                                         channels=self.train_set.channels, **folder_kwargs)
@@ -550,6 +588,13 @@ class Trainer:
         if config.model is not None and config.model != name:
             raise MobilenetsError(f"model {config.model} was asked for but {config.init} holds {name}; "
                                   "leave the model out with --init")
+        options = model_options(name)
+        clashes = [f"{k}={v!r} (it has {kwargs.get(k, options[k].default)!r})"
+                   for k, v in config.model_kwargs.items()
+                   if k in options and k not in INIT_FREE_OPTIONS and v != kwargs.get(k, options[k].default)]
+        if clashes:
+            raise MobilenetsError(f"--init takes the model and its options from {config.init}, and these "
+                                  f"differ from it: {', '.join(clashes)}; leave them out")
         return replace(config, model=name, model_kwargs={**config.model_kwargs, **kwargs})
 
     def _check_init(self, meta: dict[str, Any]) -> None:
@@ -588,9 +633,13 @@ class Trainer:
                 "resize": "shorter side to input_size, centre crop"}
 
     def _read_saved_config(self) -> tuple[TrainConfig, int]:
-        path = self.run_dir / "config.json"
-        if not (self.run_dir / "last.safetensors").is_file() or not path.is_file():
-            raise MobilenetsError(f"nothing to resume in {self.run_dir}: no last.safetensors/config.json "
+        return self._read_saved_config_in(self.run_dir)
+
+    @staticmethod
+    def _read_saved_config_in(run_dir: Path) -> tuple[TrainConfig, int]:
+        path = run_dir / "config.json"
+        if not (run_dir / "last.safetensors").is_file() or not path.is_file():
+            raise MobilenetsError(f"nothing to resume in {run_dir}: no last.safetensors/config.json "
                                   "(start without --resume)")
         try:
             saved = json.loads(path.read_text())
@@ -640,7 +689,8 @@ class Trainer:
         return path
 
     def _save_best(self, model: nn.Module, acc: float, ema: bool) -> None:
-        meta = self._meta(val_acc=acc, ema=ema)
+        # Called while validating epoch self.epoch + 1, before the counter moves on.
+        meta = self._meta(val_acc=acc, ema=ema, epoch=self.epoch + 1)
         atomic_write_bytes(self.run_dir / "best.safetensors", state_to_bytes(model.state_dict(), meta))
 
     def _load_state(self) -> None:
@@ -678,6 +728,12 @@ class Trainer:
                 self.ema.module.load_state_dict(ema_sd)
                 self.ema.n_averaged.copy_(tensors["train/ema_n_averaged"])
             self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
+            # The run's normalization, not one recomputed from the data: an --init run keeps
+            # its starting checkpoint's, which the data's statistics need not equal.
+            pre = meta.get("preprocessing")
+            if isinstance(pre, dict) and "mean" in pre and "std" in pre:
+                self.preprocessing = {**self.preprocessing, "mean": [float(v) for v in pre["mean"]],
+                                      "std": [float(v) for v in pre["std"]]}
             self.best_acc = float(state["best_acc"])
             self.history = list(state["history"])
             partial = state.get("epoch_partial")
@@ -861,7 +917,10 @@ class Trainer:
                     (self.run_dir / name).unlink(missing_ok=True)
             else:  # a run killed between its metrics and its checkpoint logged an epoch twice
                 self._rewrite_metrics()
-            saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size}
+            # "precision" stays as asked (auto re-decides on the machine that resumes); what ran is
+            # recorded beside it.
+            saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size,
+                     "precision_used": self.precision, "device_used": str(self.device)}
             atomic_write_bytes(self.run_dir / "config.json", json.dumps(saved, indent=2).encode())
         if cfg.resume and self.epoch >= cfg.epochs:
             self._log(f"{self.run_dir} has already trained {self.epoch} of {cfg.epochs} epochs; nothing "
@@ -962,13 +1021,17 @@ class Trainer:
         """metrics.jsonl and metrics.csv from the history, written whole and atomically: a
         full disk is a clear error, and a run killed between writing its metrics and its
         checkpoint cannot leave an epoch logged twice after --resume (history is the truth)."""
-        jsonl = "".join(json.dumps(row) + "\n" for row in self.history)
+        # The checkpoint's JSON sorts keys: a resumed history gets the columns' order back here.
+        rank = {k: i for i, k in enumerate(METRIC_COLUMNS)}
+        rows = [dict(sorted(row.items(), key=lambda kv: rank.get(kv[0], len(rank)))) for row in self.history]
+        jsonl = "".join(json.dumps(row) + "\n" for row in rows)
         atomic_write_bytes(self.run_dir / "metrics.jsonl", jsonl.encode())
         buf = io.StringIO(newline="")
-        if self.history:
-            writer = csv.DictWriter(buf, fieldnames=list(self.history[0]), extrasaction="ignore")
+        if rows:
+            columns = list(dict.fromkeys(k for row in rows for k in row))
+            writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(self.history)
+            writer.writerows(rows)
         atomic_write_bytes(self.run_dir / "metrics.csv", buf.getvalue().encode())
 
     def _log(self, message: str) -> None:
@@ -976,7 +1039,14 @@ class Trainer:
             print(message, flush=True)
 
 
-def _holdout(ds, fraction: float, seed: int):
+#: metrics.jsonl/metrics.csv columns, in this order (the order ``fit`` builds each row in).
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "images_per_sec", "lr", "train_seconds",
+                  "val_loss", "val_acc", "val_top5", "val_count", "ema_val_acc", "elapsed_seconds")
+
+
+def holdout_split(ds, fraction: float, seed: int):
+    """``(train, val)``: a seeded ``fraction`` of an in-memory dataset held out for validation
+    (``--val-fraction`` on data with a split of its own; ``eval`` redraws it from the seed)."""
     if not isinstance(ds, TensorImages):
         raise MobilenetsError("--val-fraction holds part of train/ out in memory, which a folder of "
                               "large images is not; put the validation images in val/ (used when "

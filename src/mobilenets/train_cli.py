@@ -95,6 +95,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=DEMO_EPOCHS)
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the recipe's, 256)")
     p.set_defaults(func=_demo)
 
 
@@ -111,8 +112,6 @@ def _config_from_args(args: argparse.Namespace):
             "stop_after_epoch")
     given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     given.update(device=args.device, accum_steps=args.accum_steps, sync_bn=args.sync_bn)
-    if given.get("ema") == 0:
-        given["ema"] = None
     return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
                        out=args.out, recipe=args.recipe, workers=args.workers, seed=args.seed,
                        precision=args.precision, channels_last=args.channels_last,
@@ -126,8 +125,11 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     """Re-run this very command under torchrun with ``--nproc-per-node`` processes."""
     from torch.distributed.run import main as torchrun
 
+    from .train import preflight
+
     if args.nproc_per_node < 1:
         raise MobilenetsError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
+    preflight(_config_from_args(args))
     rest, skip = [], False
     for a in args.argv:
         if skip:
@@ -174,9 +176,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .data import load_dataset
+    from .data import load_dataset, splits_from_train
     from .deploy import EXTENSIONS, load_artifact
-    from .train import evaluate
+    from .train import evaluate, holdout_split
 
     if Path(args.checkpoint).suffix in EXTENSIONS.values():  # an export scores as it will serve
         artifact = load_artifact(args.checkpoint)
@@ -196,9 +198,12 @@ def _eval(args: argparse.Namespace) -> int:
     # augmentation), labelled by the checkpoint's classes, and a folder without train/ and
     # val/ is split as it was for training (seed and fraction stored in the checkpoint).
     holdout = meta.get("holdout") if isinstance(meta.get("holdout"), dict) else {}
-    ds = load_dataset(args.data, args.split, image_size=pre["input_size"], channels=pre["channels"],
-                      classes=classes, strict=args.strict, augment=False,
-                      **{k: holdout[k] for k in ("seed", "val_fraction") if k in holdout})
+    held = {k: holdout[k] for k in ("seed", "val_fraction") if k in holdout}
+    in_memory_holdout = bool(held) and args.split != "test" and not splits_from_train(args.data)
+    ds = load_dataset(args.data, "train" if in_memory_holdout else args.split, image_size=pre["input_size"],
+                      channels=pre["channels"], classes=classes, strict=args.strict, augment=False, **held)
+    if in_memory_holdout:  # trained with --val-fraction on data with a split of its own
+        ds = holdout_split(ds, held["val_fraction"], held["seed"])[args.split == "val"]
     if getattr(model, "num_classes", len(ds.classes)) != len(ds.classes):  # e.g. converted weights
         raise MobilenetsError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.data} "
                               f"has {len(ds.classes)}; evaluate on a dataset with the model's classes")
@@ -345,7 +350,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     cfg = TrainConfig(model="mobilenet_v3_small", data=args.data, out=str(out), recipe="small-images",
-                      epochs=args.epochs)
+                      epochs=args.epochs, batch_size=args.batch_size)
     try:
         result = train(cfg)
     except TrainingInterrupted as e:

@@ -1,0 +1,196 @@
+"""Training options that must mean what they say: recipe overrides, what --resume keeps,
+--init's model, the learning-rate schedule, checkpoint metadata, and checks made before any
+work starts (before torchrun launches the workers, too)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from datagen import make_idx_dir
+from mobilenets import MobilenetsError
+from mobilenets.checkpoint import load_model, read_checkpoint
+from mobilenets.cli import build_parser, main
+from mobilenets.train import METRIC_COLUMNS, TrainConfig, Trainer, evaluate, lr_factor, train
+from mobilenets.train_cli import _config_from_args
+
+TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16, lr=0.05,
+            warmup=0.0, precision="fp32", progress=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory) -> Path:
+    return make_idx_dir(tmp_path_factory.mktemp("data") / "tiny", n_train=64, n_test=16)
+
+
+def _cfg(data: Path, out: Path, **kw) -> TrainConfig:
+    return TrainConfig(**{**TINY, "data": str(data), "out": str(out), **kw})
+
+
+def _cli_config(*argv: str) -> TrainConfig:
+    return _config_from_args(build_parser().parse_args(["train", *argv]))
+
+
+def _one_error(capsys, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_ema_zero_turns_off_a_recipes_ema() -> None:
+    assert TrainConfig(recipe="v3-paper").resolved().ema == 0.9999
+    assert TrainConfig(recipe="v3-paper", ema=0).resolved().ema is None
+    assert _cli_config("--recipe", "v3-paper", "--ema", "0").resolved().ema is None
+    assert _cli_config("--recipe", "v3-paper").resolved().ema == 0.9999
+    assert _cli_config("--ema", "0.99").resolved().ema == 0.99
+
+
+def test_a_fractional_warmup_never_overshoots_the_peak() -> None:
+    cfg = TrainConfig(warmup=0.25, epochs=2).resolved()
+    factors = [lr_factor(cfg, step, 10) for step in range(20)]
+    assert max(factors) == 1.0
+    assert factors[:3] == pytest.approx([0.4, 0.8, 1.0])  # 2.5 warm-up steps, the third capped
+    assert factors[3] < 1.0  # then the cosine decay
+
+
+def test_resume_keeps_the_runs_steps_normalization_and_column_order(idx_dir: Path, tmp_path: Path,
+                                                                    capsys) -> None:
+    """Resuming an --init run: --max-steps stays as the run had it, the normalization stays
+    the --init checkpoint's (not recomputed from the data), metrics keep their columns."""
+    train(_cfg(idx_dir, tmp_path / "base", epochs=1, max_steps=1))
+    init = tmp_path / "init.safetensors"
+    with safe_open(str(tmp_path / "base" / "best.safetensors"), framework="pt") as f:
+        meta = json.loads(f.metadata()["mobilenets"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta["preprocessing"].update(mean=[0.125], std=[0.5])  # not the data's statistics
+    save_file(tensors, str(init), metadata={"mobilenets": json.dumps(meta)})
+
+    run = tmp_path / "ft"
+    first = Trainer(_cfg(idx_dir, run, epochs=3, max_steps=2, stop_after_epoch=1, init=str(init), ema=0.9))
+    assert first.preprocessing["mean"] == [0.125] and first.steps_per_epoch == 2
+    first.fit()
+    resumed = Trainer(_cfg(idx_dir, run, resume=True, stop_after_epoch=2))
+    assert resumed.steps_per_epoch == 2 and resumed.cfg.max_steps == 2
+    assert resumed.preprocessing["mean"] == [0.125] and resumed.preprocessing["std"] == [0.5]
+    resumed.fit()
+    _, last = read_checkpoint(run / "last.safetensors")
+    assert last["preprocessing"]["mean"] == [0.125]
+    assert [h["epoch"] for h in last["train_state"]["history"]] == [1, 2]
+    with open(run / "metrics.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header == [c for c in METRIC_COLUMNS if c in header] and header[0] == "epoch"
+    assert "ema_val_acc" in header
+    first_row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    assert list(first_row) == header
+    # Given again, --max-steps is honoured.
+    assert Trainer(_cfg(idx_dir, run, resume=True, epochs=4, max_steps=1)).steps_per_epoch == 1
+    capsys.readouterr()
+
+
+def test_best_checkpoint_records_the_epoch_it_comes_from(idx_dir: Path, tmp_path: Path) -> None:
+    result = train(_cfg(idx_dir, tmp_path / "r", epochs=2, max_steps=1))
+    best_epoch = max(result.history, key=lambda h: h["val_acc"])["epoch"]  # the first maximum
+    _, meta = load_model(tmp_path / "r" / "best.safetensors")
+    assert meta["epoch"] == best_epoch and meta["val_acc"] == result.best_acc
+    assert read_checkpoint(tmp_path / "r" / "last.safetensors")[1]["epoch"] == 2
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["precision"] == "fp32" and saved["precision_used"] == "fp32"
+    assert saved["device_used"] == "cpu"
+
+
+def test_init_refuses_model_options_that_differ_from_the_checkpoint(idx_dir: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    train(_cfg(idx_dir, tmp_path / "base", epochs=1, max_steps=1))
+    base = str(tmp_path / "base" / "best.safetensors")
+    line = _one_error(capsys, ["train", "--init", base, "--width-mult", "0.5", "--data", str(idx_dir),
+                               "--out", str(tmp_path / "x")])
+    assert "width_mult=0.5 (it has 0.25)" in line and "leave them out" in line
+    # The same value, or dropout (training only), are fine.
+    trainer = Trainer(_cfg(idx_dir, tmp_path / "ok", epochs=1, init=base,
+                           model_kwargs={"width_mult": 0.25, "dropout": 0.5}))
+    assert trainer.model_kwargs["dropout"] == 0.5 and trainer.model_kwargs["width_mult"] == 0.25
+
+
+def test_val_fraction_on_idx_data_is_stored_and_eval_scores_the_held_out_images(
+        idx_dir: Path, tmp_path: Path, capsys) -> None:
+    trainer = Trainer(_cfg(idx_dir, tmp_path / "r", epochs=1, max_steps=1, val_fraction=0.25, seed=5))
+    assert len(trainer.val_set) == 16 and len(trainer.train_set) == 48
+    trainer.fit()
+    capsys.readouterr()
+    model, meta = load_model(tmp_path / "r" / "best.safetensors")
+    assert meta["holdout"] == {"seed": 5, "val_fraction": 0.25}
+    same = evaluate(model, trainer.val_set, meta["preprocessing"])
+    for split, count in (("val", 16), ("train", 48), ("test", 16)):
+        assert main(["eval", str(tmp_path / "r"), "--data", str(idx_dir), "--split", split, "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert res["count"] == count, split
+        if split == "val":
+            assert res["confusion"] == same.confusion and res["loss"] == pytest.approx(same.loss)
+
+
+def test_nproc_per_node_checks_the_options_once_before_launching(idx_dir: Path, tmp_path: Path,
+                                                                 monkeypatch, capsys) -> None:
+    import torch.distributed.run as run
+
+    def must_not_launch(*_args):
+        raise AssertionError("torchrun was started")
+
+    monkeypatch.setattr(run, "main", must_not_launch)
+    common = ["--nproc-per-node", "2", "--data", str(idx_dir), "--out", str(tmp_path / "r")]
+    assert "epochs must be >= 1" in _one_error(capsys, ["train", "--epochs", "0", *common])
+    assert "unknown model 'mobilenet_v9'" in _one_error(capsys, ["train", "--model", "mobilenet_v9", *common])
+    assert "data not found" in _one_error(capsys, ["train", "--nproc-per-node", "2", "--data",
+                                                   str(tmp_path / "none"), "--out", str(tmp_path / "r")])
+    assert "nothing to resume" in _one_error(capsys, ["train", "--resume", *common])
+    assert "--qat fine-tunes" in _one_error(capsys, ["train", "--qat", *common])
+
+
+def test_out_of_memory_while_running_an_artifact_is_named_as_such(tmp_path: Path) -> None:
+    from mobilenets.deploy import _guarded
+
+    def oom(_x):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    def shape(_x):
+        raise RuntimeError("Given groups=1, weight of size [16, 3, 3, 3], expected input to have 3 channels")
+
+    x = np.zeros((512, 3, 224, 224), np.float32)
+    with pytest.raises(MobilenetsError, match="ran out of memory on a batch of 512.*smaller batch size"):
+        _guarded(tmp_path / "m.pt", oom)(x)
+    with pytest.raises(MobilenetsError, match=r"failed on inputs of shape \(512, 3, 224, 224\)"):
+        _guarded(tmp_path / "m.pt", shape)(x)
+
+
+def test_resizing_in_memory_data_beyond_the_machines_memory_is_refused(idx_dir: Path, monkeypatch) -> None:
+    import mobilenets.data as data
+
+    ds = data.load_dataset(str(idx_dir), "test")
+    monkeypatch.setattr(data, "_memory_bytes", lambda: 2 * 16 * 64 * 64 - 1)
+    with pytest.raises(MobilenetsError, match="16 images at 64×64 px need .* choose a smaller --image-size"):
+        ds.resized(64)
+    monkeypatch.setattr(data, "_memory_bytes", lambda: 2 * 16 * 64 * 64)
+    assert ds.resized(64).image_size == 64
+
+
+def test_demo_takes_a_batch_size(tmp_path: Path, capsys) -> None:
+    data = make_idx_dir(tmp_path / "data", n_train=32, n_test=8)
+    line = _one_error(capsys, ["demo", "--data", str(data), "--out", str(tmp_path / "d"), "--epochs", "1"])
+    assert "fewer than one batch of 256; lower --batch-size" in line
+    # (test_train.py runs the demo with --batch-size)
