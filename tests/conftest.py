@@ -16,3 +16,14 @@ ALL_MODELS = mobilenets.list_models()
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny models: on a shared 2-core machine two
+    spinning OpenMP threads make them many times slower (each parallel region waits for a
+    descheduled peer), and in-process runs there compare only with each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -28,14 +28,7 @@ PRE = {"input_size": 32, "channels": 1, "mean": [0.3], "std": [0.35]}
 CLASSES = [f"class{i}" for i in range(10)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One PyTorch thread: on 32-px maps a second thread saves nothing, and on a shared
-    machine every parallel region would wait for a descheduled peer."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(name: str, **kw) -> nn.Module:

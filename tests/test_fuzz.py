@@ -36,7 +36,8 @@ from mobilenets.data import load_cifar_dir, load_idx_dir, load_image, read_idx, 
 
 # Decoders warn about the corrupt files they are fed here (EXIF, TIFF tags, sizes): expected.
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),
-              pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")]
+              pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning"),
+              pytest.mark.usefixtures("one_thread")]  # small models; see conftest
 SETTINGS = dict(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 WORK = Path(tempfile.mkdtemp(prefix="mobilenets-fuzz-"))  # hypothesis re-runs a test body many
@@ -77,16 +78,6 @@ def loads_or_clear_error(fn: Callable[..., Any], *args: Any) -> Any:
 def _remove_work_dir():
     yield
     shutil.rmtree(WORK, ignore_errors=True)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: the checkpoint examples build small models, which two spinning
-    OpenMP threads on a shared 2-core machine slow down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @st.composite

@@ -24,12 +24,7 @@ TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch
             warmup=0.0, precision="fp32", progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _net(name: str) -> torch.nn.Module:

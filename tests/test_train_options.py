@@ -25,12 +25,7 @@ TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch
             warmup=0.0, precision="fp32", progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +189,19 @@ def test_demo_takes_a_batch_size(tmp_path: Path, capsys) -> None:
     line = _one_error(capsys, ["demo", "--data", str(data), "--out", str(tmp_path / "d"), "--epochs", "1"])
     assert "fewer than one batch of 256; lower --batch-size" in line
     # (test_train.py runs the demo with --batch-size)
+
+
+def test_init_keeps_the_checkpoints_stem(idx_dir: Path, tmp_path: Path) -> None:
+    """A checkpoint saved without ``small_input`` (converted weights, a model saved from
+    Python) keeps its stride-2 stem: the data's size does not change the architecture."""
+    from mobilenets import create_model
+    from mobilenets.checkpoint import save_model
+
+    init = tmp_path / "init.safetensors"
+    save_model(create_model("mobilenet_v3_small", width_mult=0.25, num_classes=4, in_chans=1), init,
+               preprocessing={"input_size": 28, "channels": 1, "mean": [0.5], "std": [0.5]},
+               classes=["0", "1", "2", "3"])
+    trainer = Trainer(_cfg(idx_dir, tmp_path / "r", epochs=1, init=str(init), model_kwargs={}))
+    assert "small_input" not in trainer.model_kwargs and trainer.model.features[0].stride == 2
+    fresh = Trainer(_cfg(idx_dir, tmp_path / "s", epochs=1))
+    assert fresh.model_kwargs["small_input"] is True

@@ -95,6 +95,8 @@ class MobileNet(nn.Module):
         if num_classes < 0:
             raise MobilenetsError(f"num_classes must be >= 0, got {num_classes}")
         self.num_classes = num_classes
+        if hasattr(self, "model_kwargs"):  # what a checkpoint of this model rebuilds it from
+            self.model_kwargs = {**self.model_kwargs, "num_classes": num_classes}
         self.classifier = self._make_classifier(num_classes)
         if isinstance(self.classifier, nn.Linear):
             nn.init.normal_(self.classifier.weight, 0, 0.01)
@@ -117,18 +119,15 @@ class MobileNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
+    @torch.jit.export
     def forward_feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The maps listed in ``feature_info`` (strides 2, 4, 8, 16, 32 by default)."""
-        return _tapped_forward(self.features, self._tap_indices, x)
-
-
-def _tapped_forward(features: nn.Sequential, taps: list[int], x: torch.Tensor) -> list[torch.Tensor]:
-    maps: list[torch.Tensor] = []
-    for i, m in enumerate(features):
-        x = m(x)
-        if i in taps:
-            maps.append(x)
-    return maps
+        maps: list[torch.Tensor] = []
+        for i, m in enumerate(self.features):  # TorchScript iterates a submodule, not an argument
+            x = m(x)
+            if i in self._tap_indices:
+                maps.append(x)
+        return maps
 
 
 class FeatureMaps(nn.Module):
@@ -144,4 +143,9 @@ class FeatureMaps(nn.Module):
         self._tap_indices = list(model._tap_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return _tapped_forward(self.features, self._tap_indices, x)
+        maps: list[torch.Tensor] = []
+        for i, m in enumerate(self.features):
+            x = m(x)
+            if i in self._tap_indices:
+                maps.append(x)
+        return maps

@@ -23,7 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
 from .errors import MobilenetsError, did_you_mean
-from .registry import create_model, list_models, model_options
+from .registry import check_options, create_model, list_models
 
 META_KEY = "mobilenets"
 FORMAT_VERSION = 1
@@ -61,8 +61,27 @@ def state_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> by
     return safetensors_save(tensors, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers, whose
+    state-dict keys carry the wrapper's prefix."""
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            inner = model.module
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
 def model_meta(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
     """The metadata that rebuilds ``model`` (it must come from :func:`create_model`)."""
+    from .base import FeatureMaps
+
+    model = unwrap(model)
+    if isinstance(model, FeatureMaps):
+        raise MobilenetsError("a features_only model holds no head and is not saved on its own: save "
+                              "the full model (create_model without features_only), whose weights "
+                              "load into create_model(..., features_only=True) by name")
     name = getattr(model, "model_name", None)
     if name is None:
         raise MobilenetsError("only models made by mobilenets.create_model can be saved")
@@ -73,8 +92,15 @@ def model_meta(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
-    """Save ``model``'s weights and metadata (``preprocessing``, ``classes``, ...) atomically."""
+    """Save ``model``'s weights and metadata (``preprocessing``, ``classes``, ...) atomically.
+
+    A converted model's own ``preprocessing`` (its source's input size and normalization)
+    is stored unless ``meta`` gives one, so that ``predict`` can use the file at once.
+    """
     path = Path(path)
+    model = unwrap(model)
+    if "preprocessing" not in meta and isinstance(getattr(model, "preprocessing", None), dict):
+        meta["preprocessing"] = model.preprocessing
     atomic_write_bytes(path, state_to_bytes(model.state_dict(), model_meta(model, **meta)))
     return path
 
@@ -166,40 +192,15 @@ def check_meta_fields(meta: dict[str, Any], path: str | os.PathLike) -> None:
         raise MobilenetsError(f"{path}: metadata preprocessing {problem}")
 
 
-#: Bounds on numeric model options read from a file: far beyond any real network, tight
-#: enough that a corrupt or hostile file cannot make us allocate terabytes (or build for
-#: minutes) before the tensor shapes are compared.
-_OPTION_LIMITS: dict[str, tuple[float, float]] = {
-    "num_classes": (0, 1_000_000), "in_chans": (1, 4096), "width_mult": (1e-3, 16.0),
-    "depth_multiplier": (1, 64), "stem_channels": (1, 16384), "dropout": (0.0, 1.0),
-    "bn_eps": (0.0, 1.0), "bn_momentum": (0.0, 1.0)}
-
-
 def check_model_kwargs(name: str, kwargs: dict[str, Any], source: str) -> None:
-    """Model options from a file's metadata: known names, the types of their defaults and
-    sane ranges, so that untrusted metadata fails with one clear error."""
-    options = model_options(name)
-    for key, value in kwargs.items():
-        if key not in options:
-            raise MobilenetsError(f"{source}: metadata has option {_short(key)}, which {name} does not "
-                                  f"take{did_you_mean(str(key), options)}; the file is corrupt or foreign")
-        default = options[key].default
-        if isinstance(default, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(default, int):
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif isinstance(default, float):
-            ok = _is_number(value)
-        elif isinstance(default, str):
-            ok = isinstance(value, str)
-        else:  # None defaults: stem_channels (int), project_act (str)
-            ok = value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
-        lo, hi = _OPTION_LIMITS.get(key, (-math.inf, math.inf))
-        if ok and _is_number(value):
-            ok = lo <= value <= hi
-        if not ok:
-            raise MobilenetsError(f"{source}: metadata option {key}={_short(value)} is invalid for {name}; "
-                                  "the file is corrupt or was not written by mobilenets")
+    """Model options from a file's metadata, checked as :func:`create_model` checks them
+    (:func:`mobilenets.registry.check_options`), so that untrusted metadata fails with one
+    clear error and whatever builds also loads."""
+    try:
+        check_options(name, kwargs)
+    except MobilenetsError as e:
+        raise MobilenetsError(f"{source}: metadata options are invalid for {name} ({e}); the file "
+                              "is corrupt or was not written by mobilenets") from e
 
 
 #: Prefix of the tensors with which ``last.safetensors`` also carries what resuming a run
@@ -219,6 +220,11 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]
     tensors = model_weights(tensors)
     model = build_checked(meta["model"], meta.get("model_kwargs", {}), tensors, source=str(path))
     load_state(model, tensors, source=str(path))
+    classes = meta.get("classes")
+    if classes is not None and len(classes) != model.num_classes:
+        raise MobilenetsError(f"{path}: metadata names {len(classes)} classes but the model has "
+                              f"{model.num_classes} outputs" + (" (no classifier)" if model.num_classes == 0
+                                                               else "") + "; the file is inconsistent")
     model.eval()
     return model, meta
 

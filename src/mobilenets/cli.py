@@ -14,6 +14,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import MobilenetsError
@@ -132,6 +133,11 @@ def _convert(args: argparse.Namespace) -> int:
     kwargs = model_kwargs_from_args(args)
     if args.minimalistic:
         kwargs["minimalistic"] = True
+    out = Path(args.output)
+    if out.suffix != ".safetensors":  # checked before writing: -o model.pth would replace weights
+        raise MobilenetsError(f"-o must name a .safetensors file, got {args.output}")
+    if out.exists() and Path(args.file).exists() and out.resolve() == Path(args.file).resolve():
+        raise MobilenetsError(f"-o {args.output} is the input file; choose another output")
     model = convert(args.source, args.file, args.model, **kwargs)
     meta = {"preprocessing": model.preprocessing, "converted_from": model.converted_from}
     path = save_model(model, args.output, **meta)

@@ -46,6 +46,7 @@ def resolve_name(source: str, name: str, kwargs: dict[str, Any]) -> tuple[str, d
     if name in list_models():
         return name, kwargs
     if source == "timm":
+        name = name.split(".", 1)[0]  # Hugging Face tags: mobilenetv3_large_100.ra_in1k
         m = _TIMM_NAME.match(name)
         if m and m["width"]:
             v, size = m["v"], (m["size"] or "").rstrip("_")
@@ -276,6 +277,12 @@ def _pair(source: str, src: dict[str, torch.Tensor], model: torch.nn.Module) -> 
     return new_state
 
 
+def _count(weights: torch.nn.Module | dict[str, torch.Tensor]) -> int:
+    """Tensors that pair up (BatchNorm's step counter is not a weight)."""
+    keys = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+    return sum(not k.endswith("num_batches_tracked") for k in keys)
+
+
 def _infer_shape_kwargs(source: str, src: dict[str, torch.Tensor], kwargs: dict[str, Any]) -> None:
     """Take ``num_classes`` and ``in_chans`` from the weights unless given."""
     tensors = [v for k, v in src.items() if not k.endswith("num_batches_tracked")]
@@ -292,8 +299,14 @@ def _convert(source: str, src: dict[str, torch.Tensor], name: str, kwargs: dict[
     for k, v in _source_defaults(source, ours).items():
         kwargs.setdefault(k, v)
     _fixed_stem(source, ours, kwargs)
+    classes_given = "num_classes" in kwargs
     _infer_shape_kwargs(source, src, kwargs)
     model = create_model(ours, **kwargs)
+    if not classes_given and kwargs.get("num_classes") != 0 and _count(model) == _count(src) + 2:
+        # Weights saved without a classifier (timm's num_classes=0, Keras include_top=False):
+        # the last 1-D tensor was not a classifier bias, and the model is two tensors short.
+        kwargs["num_classes"] = 0
+        model = create_model(ours, **kwargs)
     model.load_state_dict(_pair(source, src, model))
     model.eval()
     model.preprocessing = _preprocessing(source, kwargs)

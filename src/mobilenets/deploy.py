@@ -145,14 +145,18 @@ def resolve_preprocessing(model: nn.Module, meta: dict[str, Any] | None) -> dict
     return pre
 
 
-def preprocess(images: torch.Tensor, preprocessing: dict[str, Any]) -> np.ndarray:
-    """uint8 ``(N, C, H, W)`` images → the float32 array the model reads.
+def preprocess(images: torch.Tensor | np.ndarray, preprocessing: dict[str, Any]) -> np.ndarray:
+    """uint8 ``(N, C, H, W)`` images (a tensor or a numpy array) → the float32 array the
+    model reads.
 
     Images must already have the model's size and channels (datasets load them that way);
     resizing here would silently differ from what the model was trained on.
     """
     from .augment import normalize
 
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8:
+        raise MobilenetsError(f"images must be uint8 pixels (0-255), got {images.dtype}")
     c, size = preprocessing["channels"], preprocessing["input_size"]
     if images.dim() != 4 or tuple(images.shape[1:]) != (c, size, size):
         raise MobilenetsError(f"images are {tuple(images.shape[1:])} (C, H, W) but the model "

@@ -19,14 +19,14 @@ from .conventions import Padding
 #: The papers' nonlinearity notation (V3 Tables 1-2 "NL" column), mapped once to modules.
 #: "RE6" is ReLU6, the activation of V1 and V2 (V2 §3: "We use ReLU6 as the non-linearity").
 Act = Literal["RE", "RE6", "HS"]
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"RE": nn.ReLU, "RE6": nn.ReLU6, "HS": nn.Hardswish}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"RE": nn.ReLU, "RE6": nn.ReLU6, "HS": nn.Hardswish}
 
 
 def make_act(nl: Act | None) -> nn.Module:
     """Return a fresh activation module for the paper's NL notation (``None``: identity)."""
     if nl is None:
         return nn.Identity()
-    return _ACTIVATIONS[nl](inplace=True) if nl != "HS" else nn.Hardswish()
+    return ACTIVATIONS[nl](inplace=True) if nl != "HS" else nn.Hardswish()
 
 
 class Conv2dSame(nn.Conv2d):
@@ -89,7 +89,8 @@ class ConvNormAct(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if self.depthwise and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            if self.depthwise and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
+                    and self.conv.weight.dtype == torch.float32:  # not for a model cast to bf16
                 return self._fp32_depthwise(x)
         for layer in self:
             x = layer(x)

@@ -386,10 +386,12 @@ def layer_cost(dk: int, m: int, n: int, df: int) -> LayerCost:
     for name, v in (("D_K", dk), ("M", m), ("N", n), ("D_F", df)):
         if not isinstance(v, int) or v < 1:
             raise MobilenetsError(f"{name} must be a positive integer, got {v!r}")
-    standard = nn.Conv2d(m, n, dk, padding="same", bias=False)
-    separable = nn.Sequential(OrderedDict(dw=nn.Conv2d(m, m, dk, padding="same", groups=m, bias=False),
-                                          pw=nn.Conv2d(m, n, 1, bias=False)))
-    with warnings.catch_warnings():  # even D_K: PyTorch pads a copy, the count is unchanged
+    # On the "meta" device: shapes and counts only, so any size costs no memory.
+    with torch.device("meta"), warnings.catch_warnings():
+        standard = nn.Conv2d(m, n, dk, padding="same", bias=False)
+        separable = nn.Sequential(OrderedDict(dw=nn.Conv2d(m, m, dk, padding="same", groups=m, bias=False),
+                                              pw=nn.Conv2d(m, n, 1, bias=False)))
+        # even D_K: PyTorch pads a copy, the count is unchanged
         warnings.filterwarnings("ignore", message="Using padding='same' with even kernel")
         std = profile(standard, df, in_chans=m)
         sep = {row.name: row.madds for row in profile(separable, df, in_chans=m).layers}

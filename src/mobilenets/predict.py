@@ -63,6 +63,9 @@ def predict_with(logits_fn: Callable[[torch.Tensor], torch.Tensor], meta: dict[s
     preprocessing = {"channels": in_chans, **preprocessing}
     if top_k < 1:
         raise MobilenetsError(f"top_k must be >= 1, got {top_k}")
+    if (meta.get("model_kwargs") or {}).get("num_classes") == 0:
+        raise MobilenetsError("this model has no classifier (num_classes=0): it outputs features, not "
+                              "classes; give it one with reset_classifier(N) and train it")
     out: list[Prediction] = []
     for start in range(0, len(paths), batch_size):  # memory bounded by the batch, not the file count
         chunk = paths[start:start + batch_size]

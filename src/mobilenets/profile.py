@@ -127,8 +127,11 @@ def profile(model: nn.Module, input_size: int | tuple[int, int] = 224,
     try:
         if min(h, w) < 1:
             raise MobilenetsError(f"resolution must be >= 1 px, got {h}x{w}")
+        # The input takes the weights' dtype and device (a bf16 model, a skeleton on "meta").
+        weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+        like = dict(dtype=weight.dtype, device=weight.device) if weight is not None else {}
         with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(1, in_chans, h, w))
+            model(torch.zeros(1, in_chans, h, w, **like))
     except RuntimeError as e:  # e.g. a map smaller than a kernel after the strided layers
         raise MobilenetsError(f"cannot run {getattr(model, 'model_name', root)} on {in_chans}x{h}x{w} "
                               f"inputs ({str(e).splitlines()[0]}); "

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 from torch import nn
 
 from .base import FeatureMaps, MobileNet
+from .conventions import MAX_WIDTH_MULT, check_choice
 from .errors import MobilenetsError, did_you_mean
+from .layers import ACTIVATIONS
 from .mobilenet_v1 import MobileNetV1
 from .mobilenet_v2 import MobileNetV2
 from .mobilenet_v3 import LARGE, LARGE_HEAD, SMALL, SMALL_HEAD, MobileNetV3, minimalistic
@@ -85,6 +90,55 @@ def check_model_name(name: str) -> str:
     return name
 
 
+#: Ranges of the numeric options, ``(low, high, low_open, high_open)``: what a network can be
+#: built from, and, far beyond any real network, tight enough that a corrupt checkpoint
+#: cannot make us allocate terabytes before its tensor shapes are compared.
+OPTION_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    "num_classes": (0, 1_000_000, False, False), "in_chans": (1, 4096, False, False),
+    "width_mult": (0.0, MAX_WIDTH_MULT, True, False), "depth_multiplier": (1, 64, False, False),
+    "stem_channels": (1, 16384, False, False), "dropout": (0.0, 1.0, False, True),
+    "bn_eps": (0.0, 1.0, True, False), "bn_momentum": (0.0, 1.0, False, False)}
+
+
+def check_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` checked against ``name``'s options (known names, the types of their
+    defaults, :data:`OPTION_RANGES`, activation names), as plain Python values (a numpy
+    float becomes a float), so that what builds also saves and loads."""
+    options = model_options(name)
+    plain: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if key not in options:
+            raise MobilenetsError(f"{name} has no option {key!r}{did_you_mean(key, options)}; "
+                                  f"options: {', '.join(options)}")
+        default = options[key].default
+        integral = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, (bool, np.bool_)), "true or false"
+            value = bool(value) if ok else value
+        elif isinstance(default, int) or key == "stem_channels":
+            ok, kind = integral or (key == "stem_channels" and value is None), "an integer"
+            value = int(value) if integral else value
+        elif isinstance(default, float):
+            ok, kind = real, "a number"
+            value = float(value) if real else value
+        else:  # strings, and project_act's None
+            ok, kind = isinstance(value, str) or (default is None and value is None), "a string"
+            if ok and key == "project_act" and value is not None:
+                check_choice(key, value, tuple(ACTIVATIONS))
+        if not ok:
+            raise MobilenetsError(f"{key} must be {kind}, got {value!r}")
+        if key in OPTION_RANGES and value is not None:
+            lo, hi, lo_open, hi_open = OPTION_RANGES[key]
+            inside = (lo < value if lo_open else lo <= value) and (value < hi if hi_open else value <= hi)
+            if not inside:  # NaN fails both comparisons
+                lo_s, hi_s = (f"{v:g}" if isinstance(v, float) else str(v) for v in (lo, hi))
+                raise MobilenetsError(f"{key} must be in {'(' if lo_open else '['}{lo_s}, {hi_s}"
+                                      f"{')' if hi_open else ']'}, got {value}")
+        plain[key] = value
+    return plain
+
+
 def create_model(name: str, *, features_only: bool = False, **kwargs) -> nn.Module:
     """Build a registered MobileNet.
 
@@ -94,14 +148,7 @@ def create_model(name: str, *, features_only: bool = False, **kwargs) -> nn.Modu
     whose ``forward`` gives the stride 2/4/8/16/32 feature maps (see ``feature_info``).
     An unknown name or option raises :class:`MobilenetsError` naming the closest valid one.
     """
-    options = model_options(name)
-    for key in kwargs:
-        if key not in options:
-            raise MobilenetsError(f"{name} has no option {key!r}{did_you_mean(key, options)}; "
-                                  f"options: {', '.join(options)}")
-    in_chans = kwargs.get("in_chans", 3)
-    if isinstance(in_chans, int) and in_chans < 1:
-        raise MobilenetsError(f"in_chans must be >= 1, got {in_chans}")
+    kwargs = check_options(name, kwargs)
     model = _REGISTRY[name](**kwargs)
     model.model_name = name
     model.model_kwargs = dict(kwargs)

@@ -522,7 +522,7 @@ class Trainer:
         kwargs = dict(cfg.model_kwargs)
         kwargs.setdefault("num_classes", len(self.classes))
         kwargs.setdefault("in_chans", self.channels)
-        if "small_input" in model_options(cfg.model):
+        if "small_input" in model_options(cfg.model) and not cfg.init:  # --init: the checkpoint's stem
             kwargs.setdefault("small_input", self.image_size <= 64)
         if kwargs["num_classes"] != len(self.classes) or kwargs["in_chans"] != self.channels:
             raise MobilenetsError(f"the data has {len(self.classes)} classes and {self.channels} "
