@@ -154,9 +154,32 @@ def test_parity_failure_is_an_error(tmp_path, monkeypatch):
         artifact.run = lambda x: run(x) + 1.0
         return artifact
 
+    good = deploy.export_model(model, "torchscript", tmp_path / "m.pt", preprocessing=PRE).path
+    before = (good.read_bytes(), deploy.sidecar_path(good).read_bytes())
     monkeypatch.setattr(deploy, "load_artifact", broken)
-    with pytest.raises(mobilenets.MobilenetsError, match="does not reproduce"):
+    with pytest.raises(mobilenets.MobilenetsError,
+                       match=r"does not reproduce.*random inputs.*kept for inspection as .*m\.rejected\.pt, "
+                             r"and .*m\.pt is unchanged"):
         deploy.export_model(model, "torchscript", tmp_path / "m.pt", preprocessing=PRE)
+    # The artifact that was there is untouched; the failed one lies beside it, with its sidecar.
+    assert (good.read_bytes(), deploy.sidecar_path(good).read_bytes()) == before
+    assert (tmp_path / "m.rejected.pt").is_file() and (tmp_path / "m.rejected.pt.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.json", "m.rejected.pt",
+                                                          "m.rejected.pt.json"]
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_a_model_file_replaced_beside_its_sidecar_is_refused(fmt, tmp_path):
+    """Classes and normalization live in the sidecar: another model file next to it would be
+    served with them, silently wrong; the sidecar's SHA-256 of its file prevents that."""
+    suffix = deploy.EXTENSIONS[fmt]
+    a = deploy.export_model(tiny("mobilenet_v3_small_minimal"), fmt, tmp_path / f"a{suffix}",
+                            preprocessing=PRE, classes=list("abcdefghij")).path
+    b = deploy.export_model(tiny("mobilenet_v3_small"), fmt, tmp_path / f"b{suffix}",
+                            preprocessing=PRE).path
+    shutil.copyfile(b, a)
+    with pytest.raises(mobilenets.MobilenetsError, match="describes another model file .*SHA-256"):
+        deploy.load_artifact(a)
 
 
 def test_load_artifact_errors(tmp_path):

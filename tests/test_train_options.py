@@ -205,3 +205,36 @@ def test_init_keeps_the_checkpoints_stem(idx_dir: Path, tmp_path: Path) -> None:
     assert "small_input" not in trainer.model_kwargs and trainer.model.features[0].stride == 2
     fresh = Trainer(_cfg(idx_dir, tmp_path / "s", epochs=1))
     assert fresh.model_kwargs["small_input"] is True
+
+
+def test_init_trains_at_the_checkpoints_input_size_and_channels(idx_dir: Path, tmp_path: Path, capsys) -> None:
+    """Fine-tuning (or QAT) continues the model as it was made: at its input size unless
+    --image-size says otherwise, and on images converted to its channels."""
+    from datagen import make_image_folder
+    from mobilenets import create_model
+    from mobilenets.checkpoint import save_model
+
+    init = tmp_path / "init36.safetensors"
+    save_model(create_model("mobilenet_v3_small", width_mult=0.25, num_classes=4, in_chans=1, small_input=True),
+               init, preprocessing={"input_size": 36, "channels": 1, "mean": [0.5], "std": [0.5]},
+               classes=["0", "1", "2", "3"])
+    trainer = Trainer(_cfg(idx_dir, tmp_path / "r", epochs=2, stop_after_epoch=1, max_steps=1, init=str(init),
+                           model_kwargs={}))
+    assert trainer.image_size == 36 and trainer.cfg.image_size == 36
+    trainer.fit()
+    assert Trainer(_cfg(idx_dir, tmp_path / "r", resume=True)).image_size == 36
+    assert Trainer(_cfg(idx_dir, tmp_path / "s", epochs=1, init=str(init), image_size=28,
+                        model_kwargs={})).image_size == 28
+
+    gray = make_image_folder(tmp_path / "gray", n_per_class=8, size=32, modes=("L",))
+    rgb = tmp_path / "rgb.safetensors"
+    save_model(create_model("mobilenet_v3_small", width_mult=0.25, num_classes=3, small_input=True), rgb,
+               preprocessing={"input_size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3},
+               classes=["cat", "dog", "fox"])
+    cfg = _cfg(gray, tmp_path / "g", epochs=2, stop_after_epoch=1, max_steps=1, batch_size=8, init=str(rgb),
+               model_kwargs={})
+    first = Trainer(cfg)
+    assert first.channels == 3 and first.train_set[0][0].shape[0] == 3
+    first.fit()
+    assert Trainer(_cfg(gray, tmp_path / "g", resume=True)).channels == 3  # and on resume
+    capsys.readouterr()

@@ -27,6 +27,7 @@ only by the functions that need them.
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -216,7 +217,10 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return Path(f"{path}.json")
 
 
-def _write_sidecar(path: Path, meta: dict[str, Any]) -> None:
+def _write_sidecar(path: Path, meta: dict[str, Any], data: bytes) -> None:
+    """The sidecar records the artifact's SHA-256, so that a model file later replaced
+    beside it is refused instead of served with another model's classes and normalization."""
+    meta = {**meta, "artifact_sha256": hashlib.sha256(data).hexdigest()}
     atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2) + "\n").encode())
 
 
@@ -617,6 +621,10 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
     except (OSError, UnicodeDecodeError) as e:
         raise MobilenetsError(f"{side} is not readable: {e}") from e
     meta = _artifact_meta(text, side)
+    digest = meta.get("artifact_sha256")
+    if isinstance(digest, str) and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        raise MobilenetsError(f"{side} describes another model file than {path} (SHA-256 differs): the "
+                              "model was replaced without its sidecar; export it again")
     fmt = meta.get("format")
     if fmt not in ("torchscript", "pt2"):
         raise MobilenetsError(f"{side}: unknown artifact format {fmt!r}")
@@ -656,7 +664,7 @@ def _guarded(path: Path, run: Callable[[np.ndarray], np.ndarray]) -> Callable[[n
     def call(x: np.ndarray) -> np.ndarray:
         try:
             return run(x)
-        except (RuntimeError, ValueError, MemoryError) as e:
+        except (RuntimeError, ValueError, MemoryError, AssertionError) as e:  # torch.export's guards assert
             raise _run_failure(path, x, e) from e
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             if type(e).__module__.startswith("onnxruntime"):
@@ -795,6 +803,9 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
     reference = copy.deepcopy(model).eval()
     ready = prepare_for_inference(model)
     meta = artifact_metadata(model, preprocessing, classes, fmt, **(extra_meta or {}))
+    # Written under a staging name and moved into place only once the parity check passes:
+    # a failed export never replaces the artifact that was there.
+    staged = output.with_name(f".{output.stem}.staging{output.suffix}")
     files = [output]
     if fmt == "onnx":
         data = onnx_bytes(ready, preprocessing, meta)
@@ -802,28 +813,50 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
             with tempfile.TemporaryDirectory(prefix="mobilenets-export-") as tmp:
                 fp32 = Path(tmp) / "fp32.onnx"
                 fp32.write_bytes(data)
-                quantize_onnx(fp32, output, calibration_images, preprocessing)
+                quantize_onnx(fp32, staged, calibration_images, preprocessing)
         else:
-            atomic_write_bytes(output, data)
+            atomic_write_bytes(staged, data)
     else:
         data = torchscript_bytes(ready, preprocessing) if fmt == "torchscript" \
             else pt2_bytes(ready, preprocessing)
-        atomic_write_bytes(output, data)
-        _write_sidecar(output, meta)
+        atomic_write_bytes(staged, data)
+        _write_sidecar(staged, meta, data)
         files.append(sidecar_path(output))
 
-    if calibration_images is not None and len(calibration_images) >= 2:
+    inputs_are_images = calibration_images is not None and len(calibration_images) >= 2
+    if inputs_are_images:
         inputs = preprocess(calibration_images[:8], preprocessing)
     else:
         c, s = preprocessing["channels"], preprocessing["input_size"]
         inputs = torch.randn(4, c, s, s, generator=torch.Generator().manual_seed(1)).numpy()
     if tolerance is None:
         tolerance = INT8_TOLERANCE if int8 else FLOAT_TOLERANCE
-    parity = check_parity(load_artifact(output), reference, inputs, tolerance)
+    try:
+        parity = check_parity(load_artifact(staged), reference, inputs, tolerance)
+    except BaseException:
+        _discard(staged)
+        raise
+    on_noise = "" if inputs_are_images else " (on random inputs: give two or more calibration images)"
     if not parity.ok:
-        raise MobilenetsError(f"{output} does not reproduce the PyTorch model: "
-                              f"{parity.summary()}; the file is kept for inspection")
+        rejected = output.with_name(f"{output.stem}.rejected{output.suffix}")
+        _move(staged, rejected)
+        raise MobilenetsError(f"the {fmt} export does not reproduce the PyTorch model{on_noise}: "
+                              f"{parity.summary()}; it is kept for inspection as {rejected}"
+                              + (f", and {output} is unchanged" if output.exists() else ""))
+    _move(staged, output)
     return ExportResult(output, fmt, int8, parity, files)
+
+
+def _move(src: Path, dst: Path) -> None:
+    """An artifact and its sidecar (if any) renamed together."""
+    if sidecar_path(src).exists():
+        os.replace(sidecar_path(src), sidecar_path(dst))
+    os.replace(src, dst)
+
+
+def _discard(path: Path) -> None:
+    for p in (path, sidecar_path(path)):
+        p.unlink(missing_ok=True)
 
 
 def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,

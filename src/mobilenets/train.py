@@ -496,6 +496,13 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
         folder_kwargs: dict[str, Any] = {"seed": cfg.seed, "strict": cfg.strict}  # only image folders use these
+        # Images are converted to the channels of the model being continued (an RGB
+        # checkpoint fine-tunes on a grayscale folder, as `eval` would score it).
+        continued = init[1] if init is not None else (
+            read_checkpoint(self.run_dir / "last.safetensors")[1] if cfg.resume and cfg.init else None)
+        pinned = (continued or {}).get("preprocessing")
+        if isinstance(pinned, dict) and isinstance(pinned.get("channels"), int):
+            folder_kwargs["channels"] = pinned["channels"]
         # A folder without train/ and val/ is split by the loader, per class, with --val-fraction.
         vf = cfg.val_fraction if cfg.val_fraction is not None else DEFAULT_VAL_FRACTION
         self.holdout = ({"seed": cfg.seed, "val_fraction": vf}
@@ -508,7 +515,7 @@ class Trainer:
             self.holdout = {"seed": cfg.seed, "val_fraction": cfg.val_fraction}
         else:
             self.val_set = load_dataset(cfg.data, "val", image_size=self.train_set.image_size,
-                                        channels=self.train_set.channels, **folder_kwargs)
+                                        **{**folder_kwargs, "channels": self.train_set.channels})
         if list(self.val_set.classes) != list(self.train_set.classes):
             raise MobilenetsError(f"{cfg.data}: validation classes differ from training classes")
         self.classes = list(self.train_set.classes)
@@ -595,7 +602,11 @@ class Trainer:
         if clashes:
             raise MobilenetsError(f"--init takes the model and its options from {config.init}, and these "
                                   f"differ from it: {', '.join(clashes)}; leave them out")
-        return replace(config, model=name, model_kwargs={**config.model_kwargs, **kwargs})
+        # The checkpoint's input size unless another is asked for: its weights (and a QAT
+        # model's int8 ranges) were made at that size.
+        pre = meta.get("preprocessing") if isinstance(meta.get("preprocessing"), dict) else {}
+        size = config.image_size if config.image_size is not None else pre.get("input_size")
+        return replace(config, model=name, model_kwargs={**config.model_kwargs, **kwargs}, image_size=size)
 
     def _check_init(self, meta: dict[str, Any]) -> None:
         """The ``init`` checkpoint must fit the data; its normalization is kept (its weights
