@@ -506,3 +506,16 @@ def test_calibration_images_are_centre_crops_and_need_no_labels(tmp_path):
     pre = {"input_size": 64, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}
     first = deploy.load_calibration_images(root, 4, pre)
     assert first.shape == (4, 3, 64, 64) and torch.equal(first, deploy.load_calibration_images(root, 4, pre))
+    # (the training split: a folder without train/ keeps its held-out image for validation)
+    with pytest.warns(UserWarning, match="calibration uses all 5 images"):
+        assert len(deploy.load_calibration_images(root, 100, pre)) == 5
+
+
+def test_calibration_data_of_other_channels_is_named(tmp_path):
+    from datagen import make_idx_dir
+
+    idx = make_idx_dir(tmp_path / "idx", n_train=8, n_test=4)
+    pre = {"input_size": 28, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}
+    with pytest.raises(mobilenets.MobilenetsError, match="calibration data .* has 1-channel images but the "
+                                                         "model takes 3"):
+        deploy.load_calibration_images(idx, 4, pre)

@@ -238,3 +238,22 @@ def test_init_trains_at_the_checkpoints_input_size_and_channels(idx_dir: Path, t
     first.fit()
     assert Trainer(_cfg(gray, tmp_path / "g", resume=True)).channels == 3  # and on resume
     capsys.readouterr()
+
+
+def test_warnings_for_a_reused_run_directory_and_an_init_holdout(idx_dir: Path, tmp_path: Path) -> None:
+    train(_cfg(idx_dir, tmp_path / "r", epochs=1, max_steps=1, val_fraction=0.25, seed=2))
+    with pytest.warns(UserWarning, match="holds an earlier run: this new run replaces its checkpoints"):
+        train(_cfg(idx_dir, tmp_path / "r", epochs=1, max_steps=1))
+    init = str(tmp_path / "r" / "best.safetensors")
+    train(_cfg(idx_dir, tmp_path / "h", epochs=1, max_steps=1, val_fraction=0.25, seed=2))
+    held = str(tmp_path / "h" / "best.safetensors")
+    with pytest.warns(UserWarning, match=r"held out 0.25 .*seed 2.*--val-fraction 0.25 --seed 2 keeps"):
+        Trainer(_cfg(idx_dir, tmp_path / "ft", epochs=1, init=held, model_kwargs={}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Trainer(_cfg(idx_dir, tmp_path / "ft2", epochs=1, init=held, model_kwargs={}, val_fraction=0.25, seed=2))
+        Trainer(_cfg(idx_dir, tmp_path / "ft3", epochs=1, init=init, model_kwargs={}))
+    with pytest.raises(MobilenetsError, match="is an exported model; --init takes the .safetensors"):
+        Trainer(_cfg(idx_dir, tmp_path / "x", epochs=1, init=str(tmp_path / "m.onnx"), model_kwargs={}))

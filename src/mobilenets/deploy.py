@@ -194,6 +194,12 @@ def load_calibration_images(spec: str | os.PathLike, n: int,
                       channels=preprocessing["channels"], augment=False, min_classes=1)
     if len(ds) == 0:
         raise MobilenetsError(f"calibration data {spec} has no images")
+    if ds.channels != preprocessing["channels"]:  # IDX/CIFAR arrays are not converted like files
+        raise MobilenetsError(f"calibration data {spec} has {ds.channels}-channel images but the model "
+                              f"takes {preprocessing['channels']}; calibrate on the data it was trained on")
+    if len(ds) < n:
+        warnings.warn(f"calibration uses all {len(ds)} images of {spec} (fewer than the {n} asked for)",
+                      stacklevel=2)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(ds), generator=g)[:n].tolist()
     return torch.stack([ds[i][0] for i in idx])

@@ -483,6 +483,9 @@ class Trainer:
             config = replace(saved, resume=True, **overrides)
         init = None
         if config.init and not config.resume:
+            if Path(config.init).suffix in (".onnx", ".pt", ".pt2"):
+                raise MobilenetsError(f"{config.init} is an exported model; --init takes the .safetensors "
+                                      "checkpoint it was exported from")
             init = read_checkpoint(config.init)
             config = self._from_init(config, init[1])
         self.cfg = config.resolved()
@@ -516,6 +519,13 @@ class Trainer:
         else:
             self.val_set = load_dataset(cfg.data, "val", image_size=self.train_set.image_size,
                                         **{**folder_kwargs, "channels": self.train_set.channels})
+        if init is not None and isinstance(init[1].get("holdout"), dict) and init[1]["holdout"] != self.holdout \
+                and self.is_main:
+            held = init[1]["holdout"]
+            warnings.warn(f"{cfg.init} held out {held['val_fraction']:g} of the training data (seed "
+                          f"{held['seed']}) for validation, and this run splits differently, so it may "
+                          f"train on those images; --val-fraction {held['val_fraction']:g} --seed "
+                          f"{held['seed']} keeps the split", stacklevel=2)
         if list(self.val_set.classes) != list(self.train_set.classes):
             raise MobilenetsError(f"{cfg.data}: validation classes differ from training classes")
         self.classes = list(self.train_set.classes)
@@ -924,6 +934,10 @@ class Trainer:
             for stale in self.run_dir.glob(".*.tmp"):  # left by a process killed mid-write
                 stale.unlink(missing_ok=True)
             if not cfg.resume:  # a fresh run: new metrics; old checkpoints stay until replaced
+                if (self.run_dir / "last.safetensors").is_file():
+                    warnings.warn(f"{self.run_dir} holds an earlier run: this new run replaces its "
+                                  "checkpoints and metrics as it goes (--resume would continue it; "
+                                  "another --out keeps it)", stacklevel=2)
                 for name in ("metrics.jsonl", "metrics.csv"):
                     (self.run_dir / name).unlink(missing_ok=True)
             else:  # a run killed between its metrics and its checkpoint logged an epoch twice
