@@ -176,3 +176,10 @@ def test_paper_cost_of_any_size_needs_no_memory() -> None:
 
     c = paper.layer_cost(3, 100_000, 100_000, 1000)
     assert c.standard_madds == 9 * 100_000 * 100_000 * 1000 * 1000
+
+
+def test_minimalistic_is_keras_only_and_names_the_timm_variant() -> None:
+    with pytest.raises(MobilenetsError, match="timm: tf_mobilenetv3_small_minimal_100"):
+        convert.resolve_name("timm", "mobilenetv3_small_075", {"minimalistic": True})
+    assert convert.resolve_name("keras", "MobileNetV3Small", {"minimalistic": True})[0] == \
+        "mobilenet_v3_small_minimal"

@@ -43,6 +43,9 @@ def _version(name: str) -> str:
 def resolve_name(source: str, name: str, kwargs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """Map a source's own model name and options to ours: ``(our_name, our_kwargs)``."""
     kwargs = dict(kwargs)
+    if kwargs.get("minimalistic") and source != "keras":
+        raise MobilenetsError(f"--minimalistic is Keras's option; {source} names the variant instead "
+                              "(timm: tf_mobilenetv3_small_minimal_100; ours: mobilenet_v3_small_minimal)")
     if name in list_models():
         return name, kwargs
     if source == "timm":
