@@ -519,3 +519,17 @@ def test_calibration_data_of_other_channels_is_named(tmp_path):
     with pytest.raises(mobilenets.MobilenetsError, match="calibration data .* has 1-channel images but the "
                                                          "model takes 3"):
         deploy.load_calibration_images(idx, 4, pre)
+
+
+def test_a_flat_folder_of_images_calibrates(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    pre = {"input_size": 32, "channels": 1, "mean": [0.5], "std": [0.5]}
+    images = deploy.load_calibration_images(tmp_path, 2, pre)
+    assert images.shape == (2, 1, 32, 32) and images.dtype == torch.uint8
+    with pytest.warns(UserWarning, match="calibration uses all 3 images"):
+        assert len(deploy.load_calibration_images(tmp_path, 10, pre)) == 3

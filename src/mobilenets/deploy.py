@@ -184,10 +184,24 @@ def load_calibration_images(spec: str | os.PathLike, n: int,
     The training split, never the test split: calibration chooses quantization ranges,
     and choosing them on test images would leak the test set into the model.
     """
-    from .data import load_dataset
+    from .data import IMAGE_EXTENSIONS, load_dataset, load_image, resize_center_crop, to_uint8_tensor
 
     if n < 1:
         raise MobilenetsError(f"--calibration-size must be >= 1, got {n}")
+    path = Path(spec)
+    if path.is_dir() and not any(d.is_dir() and not d.name.startswith(".") for d in path.iterdir()):
+        # A flat folder of unlabelled images: all of them are calibration images.
+        files = sorted(p for p in path.iterdir()
+                       if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        if files:
+            g = torch.Generator().manual_seed(seed)
+            chosen = [files[i] for i in torch.randperm(len(files), generator=g)[:n].tolist()]
+            if len(files) < n:
+                warnings.warn(f"calibration uses all {len(files)} images of {spec} (fewer than the {n} "
+                              "asked for)", stacklevel=2)
+            return torch.stack([to_uint8_tensor(resize_center_crop(load_image(p, preprocessing["channels"]),
+                                                                   preprocessing["input_size"]))
+                                for p in chosen])
     # Centre crops, as served (not the training split's random crops); the labels do not
     # matter, so one folder of unlabelled images is fine.
     ds = load_dataset(str(spec), "train", image_size=preprocessing["input_size"],

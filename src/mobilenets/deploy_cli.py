@@ -32,7 +32,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true",
                    help="post-training static int8 quantization (ONNX, onnxruntime)")
     p.add_argument("--calibration-data", metavar="PATH",
-                   help="dataset name or directory whose training images calibrate int8 "
+                   help="dataset name or directory whose training images (or a flat folder of images) calibrate int8 "
                         "(and serve as parity inputs)")
     p.add_argument("--calibration-size", type=int, default=256, metavar="N",
                    help="calibration images drawn from the training split (default 256)")
