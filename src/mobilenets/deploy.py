@@ -179,7 +179,8 @@ def batches(images: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.T
 
 def load_calibration_images(spec: str | os.PathLike, n: int,
                             preprocessing: dict[str, Any], seed: int = 0) -> torch.Tensor:
-    """``n`` images (uint8 ``(n, C, H, W)``) drawn at random from the training split of ``spec``.
+    """``n`` images (uint8 ``(n, C, H, W)``) drawn at random from the training split of
+    ``spec``, or from a flat folder of unlabelled images, centre-cropped as served.
 
     The training split, never the test split: calibration chooses quantization ranges,
     and choosing them on test images would leak the test set into the model.
@@ -188,35 +189,30 @@ def load_calibration_images(spec: str | os.PathLike, n: int,
 
     if n < 1:
         raise MobilenetsError(f"--calibration-size must be >= 1, got {n}")
+    channels, size = preprocessing["channels"], preprocessing["input_size"]
     path = Path(spec)
+    files = []
     if path.is_dir() and not any(d.is_dir() and not d.name.startswith(".") for d in path.iterdir()):
-        # A flat folder of unlabelled images: all of them are calibration images.
         files = sorted(p for p in path.iterdir()
                        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-        if files:
-            g = torch.Generator().manual_seed(seed)
-            chosen = [files[i] for i in torch.randperm(len(files), generator=g)[:n].tolist()]
-            if len(files) < n:
-                warnings.warn(f"calibration uses all {len(files)} images of {spec} (fewer than the {n} "
-                              "asked for)", stacklevel=2)
-            return torch.stack([to_uint8_tensor(resize_center_crop(load_image(p, preprocessing["channels"]),
-                                                                   preprocessing["input_size"]))
-                                for p in chosen])
-    # Centre crops, as served (not the training split's random crops); the labels do not
-    # matter, so one folder of unlabelled images is fine.
-    ds = load_dataset(str(spec), "train", image_size=preprocessing["input_size"],
-                      channels=preprocessing["channels"], augment=False, min_classes=1)
-    if len(ds) == 0:
+    if files:  # a flat folder: every image is a calibration candidate
+        count = len(files)
+        image = lambda i: to_uint8_tensor(resize_center_crop(load_image(files[i], channels), size))  # noqa: E731
+    else:  # the labels do not matter, so one class folder is enough
+        ds = load_dataset(str(spec), "train", image_size=size, channels=channels, augment=False,
+                          min_classes=1)
+        if ds.channels != channels:  # IDX/CIFAR arrays are not converted like files
+            raise MobilenetsError(f"calibration data {spec} has {ds.channels}-channel images but the model "
+                                  f"takes {channels}; calibrate on the data it was trained on")
+        count = len(ds)
+        image = lambda i: ds[i][0]  # noqa: E731
+    if count == 0:
         raise MobilenetsError(f"calibration data {spec} has no images")
-    if ds.channels != preprocessing["channels"]:  # IDX/CIFAR arrays are not converted like files
-        raise MobilenetsError(f"calibration data {spec} has {ds.channels}-channel images but the model "
-                              f"takes {preprocessing['channels']}; calibrate on the data it was trained on")
-    if len(ds) < n:
-        warnings.warn(f"calibration uses all {len(ds)} images of {spec} (fewer than the {n} asked for)",
+    if count < n:
+        warnings.warn(f"calibration uses all {count} images of {spec} (fewer than the {n} asked for)",
                       stacklevel=2)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(ds), generator=g)[:n].tolist()
-    return torch.stack([ds[i][0] for i in idx])
+    idx = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+    return torch.stack([image(i) for i in idx])
 
 
 # ----------------------------------------------------------------------------- metadata
