@@ -533,3 +533,24 @@ def test_a_flat_folder_of_images_calibrates(tmp_path):
     assert images.shape == (2, 1, 32, 32) and images.dtype == torch.uint8
     with pytest.warns(UserWarning, match="calibration uses all 3 images"):
         assert len(deploy.load_calibration_images(tmp_path, 10, pre)) == 3
+
+
+def test_calibration_leaves_out_the_images_training_held_out(tmp_path):
+    """Calibrating on a checkpoint's validation images would make them seen; the stored
+    hold-out is respected, for in-memory data and for flat class folders."""
+    from datagen import make_idx_dir, make_image_folder
+    from mobilenets.data import load_dataset
+    from mobilenets.train import holdout_split
+
+    idx = make_idx_dir(tmp_path / "idx", n_train=40, n_test=4)
+    pre = {"input_size": 28, "channels": 1, "mean": [0.5], "std": [0.5]}
+    held = {"seed": 3, "val_fraction": 0.5}
+    with pytest.warns(UserWarning, match="calibration uses all 20 images"):
+        images = deploy.load_calibration_images(idx, 40, pre, holdout=held)
+    train, val = holdout_split(load_dataset(str(idx), "train"), 0.5, 3)
+    assert len(images) == 20 and torch.equal(images.sort(0).values, train.images.sort(0).values)
+
+    folder = make_image_folder(tmp_path / "flat", n_per_class=10, size=28)
+    with pytest.warns(UserWarning, match="calibration uses all 15 images"):
+        images = deploy.load_calibration_images(folder, 100, pre, holdout=held)
+    assert len(images) == len(load_dataset(str(folder), "train", **held)) == 15

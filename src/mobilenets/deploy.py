@@ -177,13 +177,15 @@ def batches(images: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.T
         yield torch.stack(batch)
 
 
-def load_calibration_images(spec: str | os.PathLike, n: int,
-                            preprocessing: dict[str, Any], seed: int = 0) -> torch.Tensor:
+def load_calibration_images(spec: str | os.PathLike, n: int, preprocessing: dict[str, Any],
+                            seed: int = 0, holdout: dict[str, Any] | None = None) -> torch.Tensor:
     """``n`` images (uint8 ``(n, C, H, W)``) drawn at random from the training split of
     ``spec``, or from a flat folder of unlabelled images, centre-cropped as served.
 
     The training split, never the test split: calibration chooses quantization ranges,
-    and choosing them on test images would leak the test set into the model.
+    and choosing them on test images would leak the test set into the model. ``holdout``
+    (a checkpoint's stored ``{"seed", "val_fraction"}``) leaves out the images its training
+    held out for validation, so that they stay unseen too.
     """
     from .data import IMAGE_EXTENSIONS, load_dataset, load_image, resize_center_crop, to_uint8_tensor
 
@@ -199,8 +201,15 @@ def load_calibration_images(spec: str | os.PathLike, n: int,
         count = len(files)
         image = lambda i: to_uint8_tensor(resize_center_crop(load_image(files[i], channels), size))  # noqa: E731
     else:  # the labels do not matter, so one class folder is enough
+        from .data import splits_from_train
+
+        held = {k: holdout[k] for k in ("seed", "val_fraction")} if holdout else {}
         ds = load_dataset(str(spec), "train", image_size=size, channels=channels, augment=False,
-                          min_classes=1)
+                          min_classes=1, **held)
+        if held and not splits_from_train(str(spec)):  # held out of an in-memory training split
+            from .train import holdout_split
+
+            ds = holdout_split(ds, held["val_fraction"], held["seed"])[0]
         if ds.channels != channels:  # IDX/CIFAR arrays are not converted like files
             raise MobilenetsError(f"calibration data {spec} has {ds.channels}-channel images but the model "
                                   f"takes {channels}; calibrate on the data it was trained on")
@@ -896,7 +905,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
     if int8 and calibration_data is None:
         raise MobilenetsError("--int8 needs --calibration-data (a dataset name such as "
                               "fashion-mnist, or a directory of training images)")
-    images = (load_calibration_images(calibration_data, calibration_size, preprocessing)
+    images = (load_calibration_images(calibration_data, calibration_size, preprocessing,
+                                      holdout=meta.get("holdout"))
               if calibration_data is not None else None)
     return export_model(model, fmt, output or default_output(checkpoint, fmt, int8),
                         preprocessing=preprocessing, classes=meta.get("classes"), int8=int8,
