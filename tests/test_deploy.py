@@ -540,7 +540,7 @@ def test_calibration_leaves_out_the_images_training_held_out(tmp_path):
     hold-out is respected, for in-memory data and for flat class folders."""
     from datagen import make_idx_dir, make_image_folder
     from mobilenets.data import load_dataset
-    from mobilenets.train import holdout_split
+    from mobilenets.data import holdout_split
 
     idx = make_idx_dir(tmp_path / "idx", n_train=40, n_test=4)
     pre = {"input_size": 28, "channels": 1, "mean": [0.5], "std": [0.5]}

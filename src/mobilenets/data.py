@@ -629,27 +629,57 @@ def splits_from_train(spec: str) -> bool:
     return not (_is_idx(path) or _is_cifar(path) or (path / "train").is_dir())
 
 
+def mix_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from small integers (seed, epoch, step, ...)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def holdout_split(ds: Dataset, fraction: float, seed: int) -> tuple[TensorImages, TensorImages]:
+    """``(train, val)``: a seeded ``fraction`` of an in-memory dataset held out for validation
+    (``--val-fraction`` on data with a split of its own; ``eval`` redraws it from the seed)."""
+    if not isinstance(ds, TensorImages):
+        raise MobilenetsError("--val-fraction holds part of train/ out in memory, which a folder of "
+                              "large images is not; put the validation images in val/ (used when "
+                              "--val-fraction is left out)")
+    if not 0 < fraction < 1:
+        raise MobilenetsError(f"validation fraction must be in (0, 1), got {fraction}")
+    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(mix_seed(seed, 99)))
+    n_val = max(1, int(len(ds) * fraction))
+    return ds.subset(perm[n_val:].sort().values), ds.subset(perm[:n_val].sort().values)
+
+
 def load_dataset(spec: str, split: str = "train", *, image_size: int | None = None,
-                 classes: list[str] | None = None, **kwargs: Any) -> Dataset:
+                 classes: list[str] | None = None, holdout: dict[str, Any] | None = None,
+                 **kwargs: Any) -> Dataset:
     """Load ``split`` ("train", "val" or "test") of a dataset name or directory.
 
     The format is detected: IDX files (Fashion-MNIST/MNIST), CIFAR pickles, or an image
     folder. For IDX and CIFAR, "val" is the test split. ``image_size``: the side images are
     given at (in-memory datasets are resized like ``mobilenets predict`` resizes).
     ``classes``: a model's class names; image folders are matched to them by name, IDX and
-    CIFAR labels (class indices) are named by them. Other ``kwargs`` go to
+    CIFAR labels (class indices) are named by them. ``holdout``: a checkpoint's stored
+    ``{"seed", "val_fraction"}``, so that "train" and "val" are the images its training
+    used and held out (a folder without ``train/`` is split by it; data with a split of its
+    own has its training split divided by :func:`holdout_split`). Other ``kwargs`` go to
     :func:`load_image_folder` (``channels``, ``val_fraction``, ``seed``, ``strict``, ``augment``).
     """
     if split not in ("train", "val", "test"):
         raise MobilenetsError(f"split must be train, val or test, got {split!r}")
     path = resolve_data_dir(spec)
+    held = {k: holdout[k] for k in ("seed", "val_fraction")} if holdout else {}
+    divided = bool(held) and split != "test" and not splits_from_train(spec)
+    source = "train" if divided else split
     if _is_idx(path):
-        ds = load_idx_dir(path, split, classes or (MNIST_CLASSES if spec.lower() == "mnist" else None))
+        ds = load_idx_dir(path, source, classes or (MNIST_CLASSES if spec.lower() == "mnist" else None))
     elif _is_cifar(path):
-        ds = load_cifar_dir(path, split, classes)
+        ds = load_cifar_dir(path, source, classes)
     else:
-        return load_image_folder(path, split, image_size=image_size, classes=classes, **kwargs)
+        ds = load_image_folder(path, source, image_size=image_size, classes=classes, **{**kwargs, **held})
+        image_size = None  # the folder loader sized its images itself
     if image_size:
         _check_image_size(image_size)
-        return ds.resized(image_size)
-    return ds
+        ds = ds.resized(image_size)
+    return holdout_split(ds, held["val_fraction"], held["seed"])[split == "val"] if divided else ds

@@ -201,15 +201,8 @@ def load_calibration_images(spec: str | os.PathLike, n: int, preprocessing: dict
         count = len(files)
         image = lambda i: to_uint8_tensor(resize_center_crop(load_image(files[i], channels), size))  # noqa: E731
     else:  # the labels do not matter, so one class folder is enough
-        from .data import splits_from_train
-
-        held = {k: holdout[k] for k in ("seed", "val_fraction")} if holdout else {}
         ds = load_dataset(str(spec), "train", image_size=size, channels=channels, augment=False,
-                          min_classes=1, **held)
-        if held and not splits_from_train(str(spec)):  # held out of an in-memory training split
-            from .train import holdout_split
-
-            ds = holdout_split(ds, held["val_fraction"], held["seed"])[0]
+                          min_classes=1, holdout=holdout)
         if ds.channels != channels:  # IDX/CIFAR arrays are not converted like files
             raise MobilenetsError(f"calibration data {spec} has {ds.channels}-channel images but the model "
                                   f"takes {channels}; calibrate on the data it was trained on")

@@ -42,8 +42,9 @@ from .augment import channel_stats, normalize, random_crop_flip, random_erasing
 from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
                          read_checkpoint, state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
-from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages, load_dataset,
-                   splits_from_train)
+from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages, holdout_split,
+                   load_dataset, splits_from_train)
+from .data import mix_seed as _seed
 from .errors import MobilenetsError, did_you_mean
 from .qat import calibrate, load_range_state, prepare_qat, range_state
 from .registry import create_model, model_options
@@ -228,14 +229,6 @@ class TrainingInterrupted(MobilenetsError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-def _seed(*parts: int) -> int:
-    """A well-mixed 63-bit seed from small integers (seed, epoch, step, ...)."""
-    h = 0x9E3779B97F4A7C15
-    for p in parts:
-        h = (h ^ (p + 0x9E3779B97F4A7C15 + (h << 6) + (h >> 2))) & 0xFFFFFFFFFFFFFFFF
-    return h & 0x7FFFFFFFFFFFFFFF
-
 
 def bf16_supported() -> bool:
     """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 / AMX)."""
@@ -483,7 +476,9 @@ class Trainer:
             config = replace(saved, resume=True, **overrides)
         init = None
         if config.init and not config.resume:
-            if Path(config.init).suffix in (".onnx", ".pt", ".pt2"):
+            from .deploy import EXTENSIONS
+
+            if Path(config.init).suffix in EXTENSIONS.values():
                 raise MobilenetsError(f"{config.init} is an exported model; --init takes the .safetensors "
                                       "checkpoint it was exported from")
             init = read_checkpoint(config.init)
@@ -501,9 +496,9 @@ class Trainer:
         folder_kwargs: dict[str, Any] = {"seed": cfg.seed, "strict": cfg.strict}  # only image folders use these
         # Images are converted to the channels of the model being continued (an RGB
         # checkpoint fine-tunes on a grayscale folder, as `eval` would score it).
-        continued = init[1] if init is not None else (
-            read_checkpoint(self.run_dir / "last.safetensors")[1] if cfg.resume and cfg.init else None)
-        pinned = (continued or {}).get("preprocessing")
+        last = read_checkpoint(self.run_dir / "last.safetensors") if cfg.resume else None
+        continued = init if init is not None else (last if cfg.init else None)
+        pinned = (continued[1] if continued else {}).get("preprocessing")
         if isinstance(pinned, dict) and isinstance(pinned.get("channels"), int):
             folder_kwargs["channels"] = pinned["channels"]
         # A folder without train/ and val/ is split by the loader, per class, with --val-fraction.
@@ -592,7 +587,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_acc = -1.0
         if cfg.resume:
-            self._load_state()
+            self._load_state(*last)
 
     # ---- setup helpers
     @staticmethod
@@ -714,8 +709,8 @@ class Trainer:
         meta = self._meta(val_acc=acc, ema=ema, epoch=self.epoch + 1)
         atomic_write_bytes(self.run_dir / "best.safetensors", state_to_bytes(model.state_dict(), meta))
 
-    def _load_state(self) -> None:
-        tensors, meta = read_checkpoint(self.run_dir / "last.safetensors")
+    def _load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """Continue from ``last.safetensors`` (its tensors and metadata, read once in ``__init__``)."""
         state = meta.get("train_state")
         if not isinstance(state, dict):
             raise MobilenetsError(f"{self.run_dir / 'last.safetensors'} has no training state to resume")
@@ -1067,20 +1062,6 @@ class Trainer:
 #: metrics.jsonl/metrics.csv columns, in this order (the order ``fit`` builds each row in).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "images_per_sec", "lr", "train_seconds",
                   "val_loss", "val_acc", "val_top5", "val_count", "ema_val_acc", "elapsed_seconds")
-
-
-def holdout_split(ds, fraction: float, seed: int):
-    """``(train, val)``: a seeded ``fraction`` of an in-memory dataset held out for validation
-    (``--val-fraction`` on data with a split of its own; ``eval`` redraws it from the seed)."""
-    if not isinstance(ds, TensorImages):
-        raise MobilenetsError("--val-fraction holds part of train/ out in memory, which a folder of "
-                              "large images is not; put the validation images in val/ (used when "
-                              "--val-fraction is left out)")
-    if not 0 < fraction < 1:
-        raise MobilenetsError(f"validation fraction must be in (0, 1), got {fraction}")
-    perm = torch.randperm(len(ds), generator=torch.Generator().manual_seed(_seed(seed, 99)))
-    n_val = max(1, int(len(ds) * fraction))
-    return ds.subset(perm[n_val:].sort().values), ds.subset(perm[:n_val].sort().values)
 
 
 def _check_writable(directory: Path) -> None:

@@ -176,9 +176,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
-    from .data import load_dataset, splits_from_train
+    from .data import load_dataset
     from .deploy import EXTENSIONS, load_artifact
-    from .train import evaluate, holdout_split
+    from .train import evaluate
 
     if Path(args.checkpoint).suffix in EXTENSIONS.values():  # an export scores as it will serve
         artifact = load_artifact(args.checkpoint)
@@ -197,13 +197,8 @@ def _eval(args: argparse.Namespace) -> int:
     # The images are prepared as `predict` prepares them (size, channels, centre crop, no
     # augmentation), labelled by the checkpoint's classes, and a folder without train/ and
     # val/ is split as it was for training (seed and fraction stored in the checkpoint).
-    holdout = meta.get("holdout") if isinstance(meta.get("holdout"), dict) else {}
-    held = {k: holdout[k] for k in ("seed", "val_fraction") if k in holdout}
-    in_memory_holdout = bool(held) and args.split != "test" and not splits_from_train(args.data)
-    ds = load_dataset(args.data, "train" if in_memory_holdout else args.split, image_size=pre["input_size"],
-                      channels=pre["channels"], classes=classes, strict=args.strict, augment=False, **held)
-    if in_memory_holdout:  # trained with --val-fraction on data with a split of its own
-        ds = holdout_split(ds, held["val_fraction"], held["seed"])[args.split == "val"]
+    ds = load_dataset(args.data, args.split, image_size=pre["input_size"], channels=pre["channels"],
+                      classes=classes, strict=args.strict, augment=False, holdout=meta.get("holdout"))
     if getattr(model, "num_classes", len(ds.classes)) != len(ds.classes):  # e.g. converted weights
         raise MobilenetsError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.data} "
                               f"has {len(ds.classes)}; evaluate on a dataset with the model's classes")
