@@ -62,15 +62,10 @@ def state_to_bytes(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> by
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers, whose
-    state-dict keys carry the wrapper's prefix."""
-    while True:
-        inner = getattr(model, "_orig_mod", None)
-        if inner is None and isinstance(model, torch.nn.parallel.DistributedDataParallel):
-            inner = model.module
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
+    """The model inside a ``torch.compile`` wrapper, whose state-dict keys carry an
+    ``_orig_mod.`` prefix."""
+    inner = getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, torch.nn.Module) else model
 
 
 def model_meta(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
