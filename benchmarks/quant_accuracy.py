@@ -1,14 +1,15 @@
-"""Float vs int8 test accuracy of trained checkpoints (Fashion-MNIST by default).
+"""Float vs bf16 vs int8 test accuracy of trained checkpoints (Fashion-MNIST by default).
 
     .venv/bin/python benchmarks/quant_accuracy.py runs/v3s/best.safetensors runs/v2/best.safetensors
 
 Each checkpoint is exported twice with :func:`mobilenets.deploy.export_model` (float ONNX,
 and int8 calibrated on ``--calibration-size`` training images), then the PyTorch model,
-the float ONNX and the int8 ONNX classify the whole test split with the checkpoint's own
-preprocessing. With ``--qat-steps N`` each checkpoint is also fine-tuned quantization-aware
+its bf16 inference copy (:func:`mobilenets.deploy.bf16_inference`, what the ``compile-bf16``
+bench backend runs), the float ONNX and the int8 ONNX classify the whole test split with
+the checkpoint's own preprocessing. With ``--qat-steps N`` each checkpoint is also fine-tuned quantization-aware
 (``mobilenets train --qat --init CHECKPOINT --max-steps N``, the QAT defaults otherwise) and
-its int8 export measured the same way. Prints a Markdown table and writes
-``benchmarks/results/quant_accuracy.json``.
+its int8 export measured the same way. Prints a Markdown table and merges the rows
+into ``benchmarks/results/quant_accuracy.json`` (keyed by checkpoint path).
 
     .venv/bin/python benchmarks/quant_accuracy.py runs/demo/best.safetensors --qat-steps 60
 """
@@ -31,7 +32,7 @@ from mobilenets.train import TrainConfig, train
 
 def accuracies(checkpoint: str, data: str, calibration_size: int, threads: int,
                workdir: Path) -> dict:
-    """Test accuracy of the PyTorch model, its float ONNX and its int8 ONNX."""
+    """Test accuracy of the PyTorch model in fp32 and bf16, its float ONNX and its int8 ONNX."""
     from mobilenets.data import load_dataset
 
     model, meta = load_model(checkpoint)
@@ -42,7 +43,9 @@ def accuracies(checkpoint: str, data: str, calibration_size: int, threads: int,
                                classes=meta.get("classes"))
     int8 = deploy.export_model(model, "onnx", stem.with_suffix(".int8.onnx"), preprocessing=pre,
                                classes=meta.get("classes"), int8=True, calibration_images=images)
+    bf16 = deploy.bf16_inference(model)
     runners = {"pytorch": lambda x: model(torch.from_numpy(x)).numpy(),
+               "pytorch_bf16": lambda x: bf16(torch.from_numpy(x)).numpy(),
                "onnx_fp32": deploy.load_artifact(fp32.path, threads),
                "onnx_int8": deploy.load_artifact(int8.path, threads)}
 
@@ -63,6 +66,7 @@ def accuracies(checkpoint: str, data: str, calibration_size: int, threads: int,
             "calibration_images": len(images),
             **{f"acc_{k}": float((v == y).mean()) for k, v in pred.items()},
             "int8_agrees_with_float": float((pred["onnx_int8"] == pred["pytorch"]).mean()),
+            "bf16_agrees_with_float": float((pred["pytorch_bf16"] == pred["pytorch"]).mean()),
             "parity_fp32": fp32.parity.summary(), "parity_int8": int8.parity.summary()}
 
 
@@ -94,15 +98,17 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
-    print("| checkpoint | model | PyTorch fp32 | ONNX fp32 | ONNX int8 (PTQ) | Δ PTQ "
+    earlier = json.loads(out.read_text()) if out.is_file() else []
+    fresh = {r["checkpoint"] for r in rows}
+    out.write_text(json.dumps([r for r in earlier if r["checkpoint"] not in fresh] + rows, indent=2) + "\n")
+    print("| checkpoint | model | PyTorch fp32 | PyTorch bf16 | ONNX fp32 | ONNX int8 (PTQ) | Δ PTQ "
           "| int8 = fp32 top-1 | int8 after QAT | Δ QAT |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         delta = 100 * (r["acc_onnx_int8"] - r["acc_pytorch"])
         qat = (f"{r['acc_qat_int8']:.2%} ({r['qat_steps']} steps) | "
                f"{100 * (r['acc_qat_int8'] - r['acc_pytorch']):+.2f} pt") if "acc_qat_int8" in r else "– | –"
-        print(f"| {r['checkpoint']} | `{r['model']}` | {r['acc_pytorch']:.2%} | "
+        print(f"| {r['checkpoint']} | `{r['model']}` | {r['acc_pytorch']:.2%} | {r['acc_pytorch_bf16']:.2%} | "
               f"{r['acc_onnx_fp32']:.2%} | {r['acc_onnx_int8']:.2%} | {delta:+.2f} pt | "
               f"{r['int8_agrees_with_float']:.2%} | {qat} |")
     print(f"\n(wrote {out})")

@@ -554,3 +554,47 @@ def test_calibration_leaves_out_the_images_training_held_out(tmp_path):
     with pytest.warns(UserWarning, match="calibration uses all 15 images"):
         images = deploy.load_calibration_images(folder, 100, pre, holdout=held)
     assert len(images) == len(load_dataset(str(folder), "train", **held)) == 15
+
+
+# ----------------------------------------------------------------------------- bf16
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_bf16_inference_is_the_model_rounded_to_bf16(name):
+    """``bf16_inference``: float32 in and out, every weight in bf16, the source model left
+    in float32, logits within bf16 rounding (8-bit mantissa) of the float model's."""
+    model = tiny(name).eval()
+    x = torch.from_numpy(normal_inputs())
+    bf16 = deploy.bf16_inference(model)
+    assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert bf16.num_classes == 10
+    with torch.no_grad():
+        got, expected = bf16(x), model(x)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    scale = expected.abs().max().item()
+    assert 0 < (got - expected).abs().max().item() <= 0.05 * scale
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_bench_compile_bf16_backend_computes_the_models_logits_in_bf16(tmp_path, monkeypatch):
+    from mobilenets import train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda: True)  # bf16 runs anywhere, slowly
+    backends = bench._Backends(tiny("mobilenet_v3_small"), 32, 1, tmp_path, PRE)
+    got, expected = backends.runner("compile-bf16", 1)(), backends.runner("eager", 1)()  # autotuned
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, rtol=0, atol=0.05 * expected.abs().max().item())
+
+
+def test_bench_lists_compile_bf16_as_unavailable_without_bf16_instructions(monkeypatch):
+    from mobilenets import train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda: False)
+    monkeypatch.setattr(bench, "WARMUP_SECONDS", 0.01)
+    report = bench.benchmark(tiny("mobilenet_v3_small"), batches=(1,), resolution=32,
+                             backends=("eager", "compile-bf16"), threads=1, seconds=0.05, peak_size=64)
+    skipped = report.result("compile-bf16", 1)
+    assert skipped.median_ms is None
+    assert skipped.note == "unavailable: MobilenetsError: this CPU has no native bf16 instructions (AVX-512-BF16 or AMX)"
+    assert report.result("eager", 1).median_ms > 0

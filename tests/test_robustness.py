@@ -838,3 +838,27 @@ def test_predict_works_in_batches(run_dir: Path, tmp_path: Path) -> None:
     for a, b in zip(batched, whole):
         assert [c for c, _ in a.top] == [c for c, _ in b.top]
         assert np.allclose([v for _, v in a.top], [v for _, v in b.top], atol=1e-5)
+
+
+def test_eval_precision_bf16_scores_the_bf16_inference_path(run_dir: Path, idx_dir: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """``eval --precision bf16`` runs the model with bf16 weights and activations: the
+    loss moves by rounding only, and the output says which precision was scored."""
+    # Two training steps leave near-zero logits that bf16 cannot change; scaled up, they can.
+    sharp = rewrite_checkpoint(run_dir / "best.safetensors", tmp_path / "sharp.safetensors",
+                               change_tensors=lambda t: t["classifier.weight"].mul_(300))
+    scores = {}
+    for precision in ("fp32", "bf16"):
+        assert main(["eval", str(sharp), "--data", str(idx_dir), "--json", "--out", str(tmp_path),
+                     "--precision", precision]) == 0
+        scores[precision] = json.loads(capsys.readouterr().out)
+    assert scores["bf16"]["precision"] == "bf16" and scores["fp32"]["precision"] == "fp32"
+    assert scores["bf16"]["loss"] != scores["fp32"]["loss"]  # it did run in another precision
+    assert scores["bf16"]["loss"] == pytest.approx(scores["fp32"]["loss"], rel=0.05)
+    assert main(["eval", str(run_dir), "--data", str(idx_dir), "--precision", "bf16",
+                 "--out", str(tmp_path)]) == 0
+    assert "bf16 weights and activations" in capsys.readouterr().out
+    exported = tmp_path / "model.onnx"
+    exported.write_bytes(b"not read")
+    err = cli_error(capsys, ["eval", str(exported), "--data", str(idx_dir), "--precision", "bf16"])
+    assert "applies to checkpoints" in err

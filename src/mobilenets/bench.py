@@ -14,12 +14,17 @@ Backends (:data:`BACKENDS`):
 * ``torchscript``: the same, traced, frozen and ``torch.jit.optimize_for_inference``
   (oneDNN convolutions with pre-packed weights).
 * ``compile``: the ``channels_last`` model through ``torch.compile`` (Inductor, static
-  shapes; compiles once per batch size, which can take a minute).
+  shapes, the options of :func:`compile_options`; compiles once per batch size, which can
+  take a minute).
+* ``compile-bf16``: the same in bfloat16 (:func:`mobilenets.deploy.bf16_inference`:
+  bf16 weights and activations, float32 in and out), on CPUs with native bf16
+  instructions (AVX-512-BF16/AMX) only. Not exact: ``mobilenets eval --precision bf16``
+  measures its accuracy.
 * ``onnxruntime`` / ``onnxruntime-int8``: the exported ONNX file, float and int8
   (:mod:`mobilenets.deploy`), on onnxruntime's CPU provider.
 
 A backend that cannot be built or run here (no C++ compiler for ``torch.compile``, no
-``onnxruntime``) is reported as unavailable, with the reason, instead of ending the run.
+bf16 instructions, no ``onnxruntime``) is reported as unavailable, with the reason, instead of ending the run.
 
 Timing: each backend is first warmed up (at least 3 calls and 0.25 s; compiling backends
 compile there), then timed for about ``seconds`` in 3 rounds that alternate between
@@ -58,11 +63,24 @@ from .conventions import check_choice
 from .errors import MobilenetsError
 from .profile import profile
 
-BACKENDS: tuple[str, ...] = ("eager", "channels_last", "torchscript", "compile",
+BACKENDS: tuple[str, ...] = ("eager", "channels_last", "torchscript", "compile", "compile-bf16",
                              "onnxruntime", "onnxruntime-int8")
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "channels_last", "compile", "onnxruntime",
                                      "onnxruntime-int8")
-PYTORCH_BACKENDS: tuple[str, ...] = ("eager", "channels_last", "torchscript", "compile")
+#: Inductor options of the compiling backends, each measured in interleaved A/B runs on
+#: V2 and V3-Large at 224 px (2 threads): ``freezing`` turns the weights into constants
+#: that Inductor pre-packs for oneDNN (3-6 % faster); ``cpp_wrapper`` calls the kernels
+#: from C++ instead of Python (2-8 %).
+COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
+#: ``max_autotune`` (Inductor times its own GEMM kernels against the library's and keeps
+#: the faster) took batch 1 8-12 % faster but batch 32 7-15 % slower, so it is used up to
+#: this batch size only.
+AUTOTUNE_MAX_BATCH = 1
+
+
+def compile_options(batch: int) -> dict[str, Any]:
+    """The Inductor options the compiling backends use at ``batch``."""
+    return {**COMPILE_OPTIONS, "max_autotune": batch <= AUTOTUNE_MAX_BATCH}
 ROUNDS = 3
 WARMUP_CALLS = 3
 WARMUP_SECONDS = 0.25
@@ -318,6 +336,19 @@ class _Backends:
                 with torch.no_grad():
                     return model(x)
             return run
+        if backend == "compile-bf16":
+            from .train import bf16_supported
+
+            if not bf16_supported():
+                raise MobilenetsError("this CPU has no native bf16 instructions (AVX-512-BF16 or AMX)")
+            xc = x.contiguous(memory_format=torch.channels_last)
+            bf16 = torch.compile(deploy.bf16_inference(self.model), dynamic=False,
+                                 options=compile_options(batch))
+
+            def run_bf16() -> Any:
+                with torch.inference_mode():
+                    return bf16(xc)
+            return run_bf16
         if backend in ("channels_last", "torchscript", "compile"):
             xc = x.contiguous(memory_format=torch.channels_last)
             module: Callable[[torch.Tensor], Any] = self.ready_cl
@@ -327,7 +358,7 @@ class _Backends:
                     module = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
                 xc = x
             elif backend == "compile":
-                module = torch.compile(self.ready_cl, dynamic=False)
+                module = torch.compile(self.ready_cl, dynamic=False, options=compile_options(batch))
 
             def run() -> Any:
                 with torch.inference_mode():

@@ -78,6 +78,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "horizontal mirror (for models trained with flips; twice the time)")
     p.add_argument("--strict", action="store_true",
                    help="image folders: stop at unreadable image files instead of skipping them")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: score the bf16 inference path (bf16 weights and activations, as "
+                        "`bench --backends compile-bf16` runs it) to see what it costs in accuracy")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_eval)
 
@@ -99,7 +102,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_demo)
 
 
-#: The demo's schedule: about 9 minutes on 2 CPU cores for ~90% test top-1 (README: Results).
+#: The demo's schedule: 6-10 minutes on 2 CPU cores for ~91% test top-1 (README: Results).
 DEMO_EPOCHS = 3
 
 
@@ -177,10 +180,13 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .data import load_dataset
-    from .deploy import EXTENSIONS, load_artifact
+    from .deploy import EXTENSIONS, bf16_inference, load_artifact
     from .train import evaluate
 
     if Path(args.checkpoint).suffix in EXTENSIONS.values():  # an export scores as it will serve
+        if args.precision != "fp32":
+            raise MobilenetsError(f"--precision {args.precision} applies to checkpoints; an exported "
+                                  "file is scored as it was exported")
         artifact = load_artifact(args.checkpoint)
         model, meta = artifact.as_module(), artifact.meta
     else:
@@ -213,6 +219,8 @@ def _eval(args: argparse.Namespace) -> int:
         except OSError as e:
             raise MobilenetsError(f"cannot write to {args.out}: {e.strerror or e}; choose a writable "
                                   "output directory") from e
+    if args.precision == "bf16":
+        model = bf16_inference(model)
     res = evaluate(model, ds, pre, batch_size=args.batch_size, tta=args.tta)
     ckpt = Path(args.checkpoint)
     out_dir = Path(args.out) if args.out else (ckpt if ckpt.is_dir() else ckpt.parent)
@@ -225,10 +233,12 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"warning: confusion matrix plot not written: {e} (--out)", file=sys.stderr)
     if args.json:
         print(json.dumps(_finite({**res.as_dict(), "checkpoint": str(args.checkpoint), "tta": args.tta,
+                                  "precision": args.precision,
                                   "confusion_png": str(png) if png else None}), allow_nan=False))
         return 0
     tta = ", flip test-time augmentation" if args.tta else ""
-    print(f"{args.checkpoint} on {args.data} ({args.split}, {res.count} images{tta})")
+    bf16 = ", bf16 weights and activations" if args.precision == "bf16" else ""
+    print(f"{args.checkpoint} on {args.data} ({args.split}, {res.count} images{tta}{bf16})")
     print(f"top-1 {res.top1:.4f}   top-5 {res.top5:.4f}   loss {res.loss:.4f}\n")
     width = max(len(c) for c in res.classes)
     print(f"{'class':{width}s}  accuracy")
