@@ -202,3 +202,4 @@ def test_the_readme_python_api_example_runs():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert namespace["logits"].shape == (8, 10) and len(namespace["maps"]) == 5
+    assert namespace["fast"]._orig_mod.num_classes == 5  # compiled lazily: built, not run
