@@ -575,6 +575,15 @@ def test_bf16_inference_is_the_model_rounded_to_bf16(name):
     assert 0 < (got - expected).abs().max().item() <= 0.05 * scale
 
 
+def test_bf16_inference_of_a_features_only_model_returns_float_maps():
+    maps = mobilenets.create_model("mobilenet_v3_small", width_mult=0.25, in_chans=1, features_only=True)
+    x = torch.from_numpy(normal_inputs())
+    with torch.no_grad():
+        got, expected = deploy.bf16_inference(maps)(x), maps.eval()(x)
+    assert [g.dtype for g in got] == [torch.float32] * len(expected)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+
+
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
                     reason="torch.compile's CPU backend needs a C++ compiler")
 def test_bench_compile_bf16_backend_computes_the_models_logits_in_bf16(tmp_path, monkeypatch):

@@ -121,8 +121,11 @@ class Bf16Inference(nn.Module):
         self.model = model
         self.num_classes = getattr(model, "num_classes", None)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x.to(torch.bfloat16)).float()
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        out = self.model(x.to(torch.bfloat16))
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        return [t.float() for t in out]  # a features_only model's maps
 
 
 def bf16_inference(model: nn.Module) -> Bf16Inference:
