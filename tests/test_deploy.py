@@ -360,6 +360,8 @@ def test_export_int8_from_checkpoint_with_calibration_dataset(tmp_path, capsys):
     assert results["best.onnx"]["confusion"] == results["best.safetensors"]["confusion"]
     assert results["best.onnx"]["loss"] == pytest.approx(results["best.safetensors"]["loss"], rel=1e-4)
     assert results["best.int8.onnx"]["count"] == 40
+    assert [results[n]["precision"] for n in ("best.safetensors", "best.onnx", "best.int8.onnx")] == \
+        ["fp32", "fp32", "int8"]  # what each file computes in
 
 
 # ----------------------------------------------------------------------------- bench
@@ -566,6 +568,9 @@ def test_bf16_inference_is_the_model_rounded_to_bf16(name):
     x = torch.from_numpy(normal_inputs())
     bf16 = deploy.bf16_inference(model)
     assert {p.dtype for p in bf16.parameters()} == {torch.bfloat16}
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in bf16.modules())  # folded before the cast
+    convs = [m for m in bf16.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert bf16.num_classes == 10
     with torch.no_grad():
@@ -593,7 +598,9 @@ def test_bench_compile_bf16_backend_computes_the_models_logits_in_bf16(tmp_path,
     backends = bench._Backends(tiny("mobilenet_v3_small"), 32, 1, tmp_path, PRE)
     got, expected = backends.runner("compile-bf16", 1)(), backends.runner("eager", 1)()  # autotuned
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got, expected, rtol=0, atol=0.05 * expected.abs().max().item())
+    scale = expected.abs().max().item()
+    # bf16 rounding (about 1e-2 of the range), far above fp32's reordering (about 1e-6).
+    assert 1e-4 * scale < (got - expected).abs().max().item() <= 0.05 * scale
 
 
 def test_bench_lists_compile_bf16_as_unavailable_without_bf16_instructions(monkeypatch):

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -317,3 +318,15 @@ def test_classes_absent_from_the_evaluation_data_have_no_accuracy(tmp_path, caps
     assert res["per_class"][2] is None and res["count"] == 4 and res["classes"] == names
     assert main(["eval", str(ckpt), "--data", str(root), "--out", str(tmp_path)]) == 0
     assert "fox  -  (no images)" in capsys.readouterr().out
+
+
+def test_bf16_supported_asks_for_the_bf16_instructions_by_name():
+    """Plain AVX-512 CPUs emulate bf16 (slower than fp32): ``auto`` precision and the
+    ``compile-bf16`` bench backend need AVX-512-BF16 or AMX, as /proc/cpuinfo names them."""
+    from mobilenets.train import bf16_supported
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("needs Linux's /proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split())
+    assert bf16_supported() == bool({"avx512_bf16", "amx_tile", "amx_bf16"} & flags)

@@ -137,8 +137,9 @@ def bf16_inference(model: nn.Module) -> Bf16Inference:
     MobileNets' memory-bound layers move; under ``torch.compile`` this is the fastest
     PyTorch path measured here (README: Latency). bf16 keeps 8 bits of mantissa, so logits
     move by about 1 % of their range: ``mobilenets eval --precision bf16`` measures what
-    that does to accuracy. Folding happens in float32, before the cast, so the folded
-    weights are rounded once.
+    that does to accuracy (uncompiled; Inductor's fused kernels keep some intermediates
+    in fp32, which moves logits by less than the bf16 rounding itself). Folding happens
+    in float32, before the cast, so the folded weights are rounded once.
     """
     ready = prepare_for_inference(model).to(memory_format=torch.channels_last)
     return Bf16Inference(ready.to(torch.bfloat16)).eval()

@@ -231,9 +231,14 @@ class TrainingInterrupted(MobilenetsError):
 # --------------------------------------------------------------------------- helpers
 
 def bf16_supported() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX-512 BF16 / AMX)."""
+    """True when this CPU has native bf16 matrix instructions (AVX-512-BF16 or AMX).
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also accepts plain
+    AVX-512 CPUs, where bf16 is emulated and slower than fp32, so the instruction sets
+    are asked for by name.
+    """
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -79,8 +79,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strict", action="store_true",
                    help="image folders: stop at unreadable image files instead of skipping them")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: score the bf16 inference path (bf16 weights and activations, as "
-                        "`bench --backends compile-bf16` runs it) to see what it costs in accuracy")
+                   help="bf16: score the model with bf16 weights and activations (the network "
+                        "`bench --backends compile-bf16` times, uncompiled) to see what bf16 "
+                        "costs in accuracy")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=_eval)
 
@@ -189,8 +190,10 @@ def _eval(args: argparse.Namespace) -> int:
                                   "file is scored as it was exported")
         artifact = load_artifact(args.checkpoint)
         model, meta = artifact.as_module(), artifact.meta
+        precision = "int8" if meta.get("int8") else "fp32"  # what the file computes in
     else:
         model, meta = load_model(args.checkpoint)
+        precision = args.precision
     pre = meta.get("preprocessing")
     if not isinstance(pre, dict):
         raise MobilenetsError(f"{args.checkpoint} has no preprocessing metadata; was it made by "
@@ -233,7 +236,7 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"warning: confusion matrix plot not written: {e} (--out)", file=sys.stderr)
     if args.json:
         print(json.dumps(_finite({**res.as_dict(), "checkpoint": str(args.checkpoint), "tta": args.tta,
-                                  "precision": args.precision,
+                                  "precision": precision,
                                   "confusion_png": str(png) if png else None}), allow_nan=False))
         return 0
     tta = ", flip test-time augmentation" if args.tta else ""
