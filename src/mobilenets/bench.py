@@ -24,7 +24,8 @@ Backends (:data:`BACKENDS`):
   (:mod:`mobilenets.deploy`), on onnxruntime's CPU provider.
 
 A backend that cannot be built or run here (no C++ compiler for ``torch.compile``, no
-bf16 instructions, no ``onnxruntime``) is reported as unavailable, with the reason, instead of ending the run.
+bf16 instructions, no ``onnxruntime``) is reported as unavailable, with the reason,
+instead of ending the run.
 
 Timing: each backend is first warmed up (at least 3 calls and 0.25 s; compiling backends
 compile there), then timed for about ``seconds`` in 3 rounds that alternate between
@@ -76,17 +77,17 @@ COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 #: the faster) took batch 1 8-12 % faster but batch 32 7-15 % slower, so it is used up to
 #: this batch size only.
 AUTOTUNE_MAX_BATCH = 1
-
-
-def compile_options(batch: int) -> dict[str, Any]:
-    """The Inductor options the compiling backends use at ``batch``."""
-    return {**COMPILE_OPTIONS, "max_autotune": batch <= AUTOTUNE_MAX_BATCH}
 ROUNDS = 3
 WARMUP_CALLS = 3
 WARMUP_SECONDS = 0.25
 #: Share of the machine's CPU time other processes may use during a timed round.
 CONTENTION_LIMIT = 0.10
 MAX_RETRIES = 4
+
+
+def compile_options(batch: int) -> dict[str, Any]:
+    """The Inductor options the compiling backends use at ``batch``."""
+    return {**COMPILE_OPTIONS, "max_autotune": batch <= AUTOTUNE_MAX_BATCH}
 
 
 @dataclass
@@ -336,20 +337,7 @@ class _Backends:
                 with torch.no_grad():
                     return model(x)
             return run
-        if backend == "compile-bf16":
-            from .train import bf16_supported
-
-            if not bf16_supported():
-                raise MobilenetsError("this CPU has no native bf16 instructions (AVX-512-BF16 or AMX)")
-            xc = x.contiguous(memory_format=torch.channels_last)
-            bf16 = torch.compile(deploy.bf16_inference(self.model), dynamic=False,
-                                 options=compile_options(batch))
-
-            def run_bf16() -> Any:
-                with torch.inference_mode():
-                    return bf16(xc)
-            return run_bf16
-        if backend in ("channels_last", "torchscript", "compile"):
+        if backend in ("channels_last", "torchscript", "compile", "compile-bf16"):
             xc = x.contiguous(memory_format=torch.channels_last)
             module: Callable[[torch.Tensor], Any] = self.ready_cl
             if backend == "torchscript":
@@ -359,6 +347,13 @@ class _Backends:
                 xc = x
             elif backend == "compile":
                 module = torch.compile(self.ready_cl, dynamic=False, options=compile_options(batch))
+            elif backend == "compile-bf16":
+                from .train import bf16_supported
+
+                if not bf16_supported():
+                    raise MobilenetsError("this CPU has no native bf16 instructions (AVX-512-BF16 or AMX)")
+                module = torch.compile(deploy.bf16_inference(self.model), dynamic=False,
+                                       options=compile_options(batch))
 
             def run() -> Any:
                 with torch.inference_mode():
