@@ -159,12 +159,13 @@ def main(argv: list[str] | None = None) -> int:
                                "threads": args.threads, "summary": rows, "goals_met": goals,
                                "reports": [r.to_json() for r in reports]}, indent=2) + "\n")
     print(table)
+
     def verdict(met: bool | None) -> str:
         return "n/a (no bf16 instructions)" if met is None else "met" if met else "NOT met"
 
     print(f"\nbest fp32 PyTorch path >= {GOAL:g}x eager: {verdict(goals['pytorch_2x'])}; "
           f"bf16 path >= {GOAL:g}x eager: {verdict(goals['pytorch_bf16_2x'])}; "
-          f"int8 >= {GOAL:g}x onnxruntime fp32: {'met' if goals['int8_2x'] else 'NOT met'} "
+          f"int8 >= {GOAL:g}x onnxruntime fp32: {verdict(goals['int8_2x'])} "
           f"(wrote {out}, {time.time() - start:.0f} s)")
     return 0
 

@@ -6,8 +6,9 @@ Each checkpoint is exported twice with :func:`mobilenets.deploy.export_model` (f
 and int8 calibrated on ``--calibration-size`` training images), then the PyTorch model,
 its bf16 inference copy (:func:`mobilenets.deploy.bf16_inference`, what the ``compile-bf16``
 bench backend runs), the float ONNX and the int8 ONNX classify the whole test split with
-the checkpoint's own preprocessing. With ``--qat-steps N`` each checkpoint is also fine-tuned quantization-aware
-(``mobilenets train --qat --init CHECKPOINT --max-steps N``, the QAT defaults otherwise) and
+the checkpoint's own preprocessing. With ``--qat-steps N`` each checkpoint is also
+fine-tuned quantization-aware (``mobilenets train --qat --init CHECKPOINT --max-steps N``,
+the QAT defaults otherwise) and
 its int8 export measured the same way. Prints a Markdown table and merges the rows
 into ``benchmarks/results/quant_accuracy.json`` (keyed by checkpoint path).
 

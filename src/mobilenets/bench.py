@@ -68,14 +68,14 @@ BACKENDS: tuple[str, ...] = ("eager", "channels_last", "torchscript", "compile",
                              "onnxruntime", "onnxruntime-int8")
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "channels_last", "compile", "onnxruntime",
                                      "onnxruntime-int8")
-#: Inductor options of the compiling backends, each measured in interleaved A/B runs on
-#: V2 and V3-Large at 224 px (2 threads): ``freezing`` turns the weights into constants
-#: that Inductor pre-packs for oneDNN (3-6 % faster); ``cpp_wrapper`` calls the kernels
-#: from C++ instead of Python (2-8 %).
+#: Inductor options of the compiling backends, from the interleaved A/B of
+#: ``benchmarks/compile_options.py`` (README: Latency): ``freezing`` turns the weights into
+#: constants that Inductor pre-packs for oneDNN, ``cpp_wrapper`` calls the kernels from C++
+#: instead of Python; together 0-5 % faster on V2 and V3-Large.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 #: ``max_autotune`` (Inductor times its own GEMM kernels against the library's and keeps
-#: the faster) took batch 1 8-12 % faster but batch 32 7-15 % slower, so it is used up to
-#: this batch size only.
+#: the faster) gained up to 11 % at batch 1 but cost up to 11 % at batch 32, so it is used
+#: up to this batch size only.
 AUTOTUNE_MAX_BATCH = 1
 ROUNDS = 3
 WARMUP_CALLS = 3
