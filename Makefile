@@ -1,19 +1,21 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test`.
-# Both create .venv, install the CPU build of torch (never the multi-GB CUDA one) and the
-# project, and run. Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
+# Both create .venv, install torch (the CPU build: see TORCH_INDEX) and the project, and run. Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+# Empty: pip's configured index (here a local CPU wheel). Elsewhere PyPI's Linux torch is the
+# CUDA build: TORCH_INDEX=https://download.pytorch.org/whl/cpu gets the CPU one.
+TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv data models readme-table clean
+.PHONY: demo test venv data models clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
 	$(BIN)/pip install --quiet -e '.[test,keras,onnx]'
 	touch $(STAMP)
 

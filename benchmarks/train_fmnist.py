@@ -35,7 +35,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
         (f"_{args.tag}" if args.tag else "")
     cfg = TrainConfig(model=name, model_kwargs=kwargs, data=args.data, out=str(Path(args.runs) / tag),
                       recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                      warmup=args.warmup, ema=args.ema, precision=args.precision, seed=args.seed, progress=False)
+                      warmup=args.warmup, ema=args.ema, weight_decay=args.weight_decay,
+                      precision=args.precision, seed=args.seed, progress=False)
     t0 = time.time()
     result = train(cfg)
     hist = result.history
@@ -45,7 +46,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
     model = mobilenets.create_model(name, num_classes=10, in_chans=1, small_input=True, **kwargs)
     prof = profile(model, 28)
     return {"run": tag, "model": name, "model_kwargs": kwargs, "recipe": args.recipe,
-            "epochs": args.epochs, "warmup_epochs": args.warmup, "final_top1": accs[-1], "best_top1": max(accs),
+            "epochs": args.epochs, "warmup_epochs": args.warmup, "weight_decay": args.weight_decay,
+            "final_top1": accs[-1], "best_top1": max(accs),
             "best_epoch": accs.index(max(accs)) + 1, "train_minutes": train_minutes[-1],
             "wall_minutes": (time.time() - t0) / 60, "minutes_to_93": reach93,
             "per_epoch_top1": accs, "params": prof.params, "madds_28px": prof.madds,
@@ -63,6 +65,7 @@ def main() -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=float, help="warm-up epochs (recipe default 1; use less for 1-3 epoch runs)")
     p.add_argument("--ema", type=float)
+    p.add_argument("--weight-decay", type=float, help="on conv/linear weights (recipe default 5e-5)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="fashion-mnist")

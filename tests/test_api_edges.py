@@ -97,7 +97,16 @@ def test_numpy_option_values_build_save_and_load(tmp_path: Path) -> None:
 
 
 def test_saved_classes_must_match_the_classifier(tmp_path: Path, capsys) -> None:
-    save_model(_tiny(num_classes=3), tmp_path / "three.safetensors", preprocessing=PRE, classes=["a", "b"])
+    with pytest.raises(MobilenetsError, match="2 class names were given for a model with 3 outputs"):
+        save_model(_tiny(num_classes=3), tmp_path / "three.safetensors", preprocessing=PRE, classes=["a", "b"])
+    assert not (tmp_path / "three.safetensors").exists()
+    # A file written by other means is still checked when it loads.
+    from mobilenets.checkpoint import FORMAT_VERSION, state_to_bytes
+
+    model = _tiny(num_classes=3)
+    meta = {"format_version": FORMAT_VERSION, "model": model.model_name, "model_kwargs": model.model_kwargs,
+            "preprocessing": PRE, "classes": ["a", "b"]}
+    (tmp_path / "three.safetensors").write_bytes(state_to_bytes(model.state_dict(), meta))
     with pytest.raises(MobilenetsError, match="names 2 classes but the model has 3 outputs"):
         load_model(tmp_path / "three.safetensors")
     # A backbone without classifier has no classes to predict.

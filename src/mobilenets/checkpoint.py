@@ -80,6 +80,11 @@ def model_meta(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
     name = getattr(model, "model_name", None)
     if name is None:
         raise MobilenetsError("only models made by mobilenets.create_model can be saved")
+    classes = extra.get("classes")
+    if classes is not None and len(classes) != model.num_classes:
+        # Refused here, not only by load_model: a file that saves must load.
+        raise MobilenetsError(f"{len(classes)} class names were given for a model with "
+                              f"{model.num_classes} outputs")
     meta = {"format_version": FORMAT_VERSION, "model": name,
             "model_kwargs": dict(getattr(model, "model_kwargs", {}))}
     meta.update(extra)

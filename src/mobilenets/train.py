@@ -262,8 +262,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     On this project's AVX-512-BF16 machine bf16 training steps (with the depthwise
     convolutions kept in fp32, see ``ConvNormAct``) measured ×1.1 (V3-Small) to ×1.7 (V2)
-    faster than fp32 channels-last, and V3-Small reached the same Fashion-MNIST accuracy in
-    3 epochs (91.35 % against 91.38 %; README "Results").
+    faster than fp32 channels-last, at no accuracy cost measured on Fashion-MNIST (one
+    3-epoch V3-Small run each: 91.35 % bf16 against 91.38 % fp32).
     """
     if device.type == "cuda":
         if precision == "auto":
