@@ -1,5 +1,6 @@
 # The two set-up commands of the README: `make demo` (the main job) and `make test`.
-# Both create .venv, install torch (the CPU build: see TORCH_INDEX) and the project, and run. Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
+# Both create .venv, install torch (the CPU build: see TORCH_INDEX) and the project, and
+# run. Fashion-MNIST comes from the Debian package dataset-fashion-mnist.
 
 PYTHON ?= python3
 VENV   ?= .venv

@@ -65,7 +65,7 @@ def main() -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=float, help="warm-up epochs (recipe default 1; use less for 1-3 epoch runs)")
     p.add_argument("--ema", type=float)
-    p.add_argument("--weight-decay", type=float, help="on conv/linear weights (recipe default 5e-5)")
+    p.add_argument("--weight-decay", type=float, help="on conv/linear weights (default: the recipe's)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="fashion-mnist")
