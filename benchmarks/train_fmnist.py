@@ -53,7 +53,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
     prof = profile(model, 28)
     return {"run": tag, "model": name, "model_kwargs": kwargs, "recipe": args.recipe,
             "epochs": args.epochs, "warmup_epochs": args.warmup, "weight_decay": args.weight_decay,
-            "final_top1": accs[-1], **rescore(result.run_dir, args.data), "best_top1": max(accs),
+            "final_top1": accs[-1], **rescore(result.run_dir, load_dataset(args.data, "val")), "best_top1": max(accs),
             "best_epoch": accs.index(max(accs)) + 1, "train_minutes": train_minutes[-1],
             "wall_minutes": wall_minutes, "minutes_to_93": reach93,
             "per_epoch_top1": accs, "params": prof.params, "madds_28px": prof.madds,
@@ -61,11 +61,10 @@ def run(name: str, args: argparse.Namespace) -> dict:
             "precision": result.precision, "threads": torch.get_num_threads()}
 
 
-def rescore(run_dir: Path, data: str) -> dict[str, float]:
-    """The last epoch's weights scored in fp32, without and with flip TTA, as `mobilenets
-    eval RUN/last.safetensors [--tta]` scores them."""
+def rescore(run_dir: Path, test) -> dict[str, float]:
+    """The last epoch's weights scored on ``test`` in fp32, without and with flip TTA, as
+    `mobilenets eval RUN/last.safetensors [--tta]` scores them."""
     model, meta = load_model(run_dir / "last.safetensors")
-    test = load_dataset(data, "val")
     return {key: evaluate(model, test, meta["preprocessing"], tta=tta).top1
             for key, tta in (("fp32_top1", False), ("tta_top1", True))}
 
@@ -95,16 +94,18 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     if args.rescore:
+        test = load_dataset(args.data, "val")
         for row in results.values():
             if (Path(args.runs) / row["run"] / "last.safetensors").is_file():
-                row.update(rescore(Path(args.runs) / row["run"], args.data))
+                row.update(rescore(Path(args.runs) / row["run"], test))
                 print(f"{row['run']}: fp32 {row['fp32_top1']:.4f}, flip TTA {row['tta_top1']:.4f}")
         out.write_text(json.dumps(results, indent=2))
-    for name in [] if args.rescore else args.models.split(","):
-        row = run(name, args)
-        results[row["run"]] = row
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
+    else:
+        for name in args.models.split(","):
+            row = run(name, args)
+            results[row["run"]] = row
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2))
     print_table(results)
 
 
