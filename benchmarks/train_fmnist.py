@@ -9,7 +9,7 @@ then scored again in fp32, with and without flip test-time augmentation (what `m
 eval RUN [--tta]` reports), since training evaluates under its own precision.
 
 Writes ``benchmarks/results/fmnist.json`` (merged with earlier results, keyed by run name)
-and prints a Markdown table.
+and prints the README's two Markdown tables (``--table`` prints them alone).
 
     python benchmarks/train_fmnist.py --models mobilenet_v3_small --epochs 10
     python benchmarks/train_fmnist.py --models mobilenet_v2 --epochs 8 --width-mult 0.5
@@ -41,7 +41,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
     cfg = TrainConfig(model=name, model_kwargs=kwargs, data=args.data, out=str(Path(args.runs) / tag),
                       recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       warmup=args.warmup, ema=args.ema, weight_decay=args.weight_decay,
-                      precision=args.precision, seed=args.seed, progress=False)
+                      erasing=args.erasing, label_smoothing=args.label_smoothing, precision=args.precision, seed=args.seed, progress=False)
     t0 = time.time()
     result = train(cfg)
     hist = result.history
@@ -53,6 +53,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
     prof = profile(model, 28)
     return {"run": tag, "model": name, "model_kwargs": kwargs, "recipe": args.recipe,
             "epochs": args.epochs, "warmup_epochs": args.warmup, "weight_decay": args.weight_decay,
+            "erasing": args.erasing, "label_smoothing": args.label_smoothing,
             "final_top1": accs[-1], **rescore(result.run_dir, load_dataset(args.data, "val")), "best_top1": max(accs),
             "best_epoch": accs.index(max(accs)) + 1, "train_minutes": train_minutes[-1],
             "wall_minutes": wall_minutes, "minutes_to_93": reach93,
@@ -80,12 +81,15 @@ def main() -> None:
     p.add_argument("--warmup", type=float, help="warm-up epochs (recipe default 1; use less for 1-3 epoch runs)")
     p.add_argument("--ema", type=float)
     p.add_argument("--weight-decay", type=float, help="on conv/linear weights (default: the recipe's)")
+    p.add_argument("--erasing", type=float, help="random-erasing probability (default: the recipe's)")
+    p.add_argument("--label-smoothing", type=float, help="default: the recipe's")
     p.add_argument("--precision", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--runs", default="runs/bench-fmnist")
     p.add_argument("--tag", default="")
     p.add_argument("--out", default=str(RESULTS / "fmnist.json"))
+    p.add_argument("--table", action="store_true", help="train nothing: print the tables of --out")
     p.add_argument("--rescore", action="store_true",
                    help="train nothing: add the fp32 and TTA scores to recorded runs whose "
                         "last.safetensors is still under --runs")
@@ -93,7 +97,9 @@ def main() -> None:
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
-    if args.rescore:
+    if args.table:
+        pass
+    elif args.rescore:
         test = load_dataset(args.data, "val")
         for row in results.values():
             if (Path(args.runs) / row["run"] / "last.safetensors").is_file():
@@ -109,16 +115,38 @@ def main() -> None:
     print_table(results)
 
 
+def options(row: dict) -> str:
+    """The command-line options that reproduce a recorded run (the recipe fills the rest)."""
+    opts = [f"--width-mult {row['model_kwargs']['width_mult']:g}"] if row["model_kwargs"] else []
+    opts.append(f"--epochs {row['epochs']}")
+    for key in ("weight_decay", "erasing", "label_smoothing", "warmup_epochs"):
+        if row.get(key) is not None:
+            flag = "--warmup" if key == "warmup_epochs" else "--" + key.replace("_", "-")
+            value = row[key]
+            opts.append(f"{flag} " + (f"{value:.0e}".replace("e-0", "e-") if 0 < value < 0.01 else f"{value:g}"))
+    tag = row["run"].split(f"_e{row['epochs']}_", 1)
+    return " ".join(opts + ([f"--tag {tag[1]}"] if len(tag) == 2 else []))
+
+
 def print_table(results: dict[str, dict]) -> None:
-    print("| run | test top-1 (last epoch) | fp32 | fp32 flip TTA | best epoch | params | MAdds @28 | "
-          "train min | min to 93% |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results.values():
-        t93 = f"{r['minutes_to_93']:.1f}" if r["minutes_to_93"] is not None else "–"
-        fp32, tta = (f"{r[k] * 100:.2f}%" if k in r else "–" for k in ("fp32_top1", "tta_top1"))
-        print(f"| `{r['run']}` | {r['final_top1'] * 100:.2f}% | {fp32} | {tta} | "
-              f"{r['best_top1'] * 100:.2f}% (ep {r['best_epoch']}) | "
-              f"{r['params']:,} | {r['madds_28px'] / 1e6:.1f} M | {r['train_minutes']:.1f} | {t93} |")
+    """The README's two tables: the goal's setting (2 threads, bf16) and the older
+    one-thread fp32 model-against-model runs, each sorted by test top-1."""
+    goal = [r for r in results.values() if r["threads"] == 2 and r["precision"] == "bf16"]
+    other = [r for r in results.values() if r not in goal]
+    for rows, first in ((goal, "options"), (other, "run (`python benchmarks/train_fmnist.py ...`)")):
+        extra = rows is goal
+        print(f"| {first} | params | MAdds @28 | test top-1 |" + (" fp32 | flip TTA |" if extra else "")
+              + " train min | min to 93 % | images/s |")
+        print("|---|" + "---:|" * (8 if extra else 6))
+        for r in sorted(rows, key=lambda r: -r["final_top1"]):
+            opts = options(r) if extra else f"--models {r['model']} {options(r)}"
+            epoch93 = next((i + 1 for i, a in enumerate(r["per_epoch_top1"]) if a >= 0.93), None)
+            t93 = f"{r['minutes_to_93']:.1f} (epoch {epoch93})" if r["minutes_to_93"] is not None else "–"
+            scores = "".join(f" {r[k] * 100:.2f} % |" if k in r else " – |" for k in ("fp32_top1", "tta_top1"))
+            print(f"| `{opts}` | {r['params']:,} | {r['madds_28px'] / 1e6:.1f} M | {r['final_top1'] * 100:.2f} % |"
+                  + (scores if extra else "")
+                  + f" {r['train_minutes']:.1f} | {t93} | {r['images_per_sec']:.0f} |")
+        print()
 
 
 if __name__ == "__main__":
