@@ -41,7 +41,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
     cfg = TrainConfig(model=name, model_kwargs=kwargs, data=args.data, out=str(Path(args.runs) / tag),
                       recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       warmup=args.warmup, ema=args.ema, weight_decay=args.weight_decay,
-                      erasing=args.erasing, label_smoothing=args.label_smoothing, precision=args.precision, seed=args.seed, progress=False)
+                      erasing=args.erasing, label_smoothing=args.label_smoothing,
+                      precision=args.precision, seed=args.seed, progress=False)
     t0 = time.time()
     result = train(cfg)
     hist = result.history
@@ -133,17 +134,16 @@ def print_table(results: dict[str, dict]) -> None:
     one-thread fp32 model-against-model runs, each sorted by test top-1."""
     goal = [r for r in results.values() if r["threads"] == 2 and r["precision"] == "bf16"]
     other = [r for r in results.values() if r not in goal]
-    for rows, first in ((goal, "options"), (other, "run (`python benchmarks/train_fmnist.py ...`)")):
+    for rows in (goal, other):
         extra = rows is goal
-        print(f"| {first} | params | MAdds @28 | test top-1 |" + (" fp32 | flip TTA |" if extra else "")
+        print("| `python benchmarks/train_fmnist.py ...` | params | MAdds @28 | test top-1 |" + (" fp32 | flip TTA |" if extra else "")
               + " train min | min to 93 % | images/s |")
         print("|---|" + "---:|" * (8 if extra else 6))
         for r in sorted(rows, key=lambda r: -r["final_top1"]):
-            opts = options(r) if extra else f"--models {r['model']} {options(r)}"
             epoch93 = next((i + 1 for i, a in enumerate(r["per_epoch_top1"]) if a >= 0.93), None)
             t93 = f"{r['minutes_to_93']:.1f} (epoch {epoch93})" if r["minutes_to_93"] is not None else "–"
             scores = "".join(f" {r[k] * 100:.2f} % |" if k in r else " – |" for k in ("fp32_top1", "tta_top1"))
-            print(f"| `{opts}` | {r['params']:,} | {r['madds_28px'] / 1e6:.1f} M | {r['final_top1'] * 100:.2f} % |"
+            print(f"| `--models {r['model']} {options(r)}` | {r['params']:,} | {r['madds_28px'] / 1e6:.1f} M | {r['final_top1'] * 100:.2f} % |"
                   + (scores if extra else "")
                   + f" {r['train_minutes']:.1f} | {t93} | {r['images_per_sec']:.0f} |")
         print()

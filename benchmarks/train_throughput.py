@@ -6,7 +6,10 @@ see the same machine state:
 
 * plain: NCHW, fp32, ``torch.optim.SGD`` with its defaults;
 * optimised: channels_last memory format, the fused SGD kernel, fp32 (the trainer's default);
-* optimised + bf16: the same under bf16 autocast (where the CPU has native bf16).
+* optimised + bf16: the same under bf16 autocast (where the CPU has native bf16);
+* with ``--compile``, also optimised + bf16 + ``torch.compile`` of the model (compiled in
+  the warm-up, untimed): a candidate for the trainer, which does not use it while it is
+  no faster here.
 
 Writes ``benchmarks/results/train_throughput.json`` and prints a Markdown table of median
 images/s and the speed-up ratios against plain.
@@ -33,7 +36,8 @@ from mobilenets.train import bf16_supported
 RESULTS = Path(__file__).parent / "results"
 
 
-def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resolution: int, small_input: bool):
+def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resolution: int, small_input: bool,
+              compile: bool = False):
     torch.manual_seed(0)
     model = mobilenets.create_model(model_name, num_classes=10, in_chans=1, small_input=small_input).train()
     x = torch.randn(batch, 1, resolution, resolution)
@@ -45,11 +49,12 @@ def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resoluti
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)
     else:
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    forward = torch.compile(model, dynamic=False) if compile else model
 
     def step() -> float:
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -67,6 +72,7 @@ def main() -> None:
     p.add_argument("--no-small-input", dest="small_input", action="store_false")
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="add the torch.compile'd bf16 configuration")
     p.add_argument("--out", default=str(RESULTS / "train_throughput.json"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -78,6 +84,9 @@ def main() -> None:
         fast_bf16, bf16 = make_step(name, True, True, args.batch, args.resolution, args.small_input)
         if bf16:
             steps["optimised_bf16"] = fast_bf16
+        if args.compile:
+            steps["optimised_bf16_compile" if bf16 else "optimised_compile"] = make_step(
+                name, True, True, args.batch, args.resolution, args.small_input, compile=True)[0]
         for _ in range(2):  # warm-up: allocator, oneDNN primitive caches
             for fn in steps.values():
                 fn()
@@ -97,18 +106,21 @@ def main() -> None:
               "cpu": platform.processor() or platform.machine(), "rows": rows,
               "command": "python benchmarks/train_throughput.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                  if k in ("models", "batch", "resolution", "steps", "threads"))}
+                  if k in ("models", "batch", "resolution", "steps", "threads"))
+              + (" --compile" if args.compile else "")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print("\n| model | plain: NCHW fp32 SGD (img/s) | channels_last fp32 fused (img/s) | speed-up | "
-          "+ bf16 autocast (img/s) | speed-up |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "+ bf16 autocast (img/s) | speed-up |" + (" + torch.compile (img/s) | speed-up |" if args.compile else ""))
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.compile else ""))
     for r in rows:
         bf = (f"{r['optimised_bf16_images_per_s']:.0f} | ×{r['optimised_bf16_speedup']:.2f}"
               if "optimised_bf16_images_per_s" in r else "– | –")
         print(f"| `{r['model']}` | {r['plain_images_per_s']:.0f} | {r['optimised_images_per_s']:.0f} | "
-              f"×{r['optimised_speedup']:.2f} | {bf} |")
+              f"×{r['optimised_speedup']:.2f} | {bf} |" + "".join(
+                  f" {r[k + '_images_per_s']:.0f} | ×{r[k + '_speedup']:.2f} |"
+                  for k in ("optimised_bf16_compile", "optimised_compile") if k + "_images_per_s" in r))
 
 
 if __name__ == "__main__":
