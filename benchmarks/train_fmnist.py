@@ -98,16 +98,14 @@ def main() -> None:
 
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
-    if args.table:
-        pass
-    elif args.rescore:
+    if args.rescore:
         test = load_dataset(args.data, "val")
         for row in results.values():
             if (Path(args.runs) / row["run"] / "last.safetensors").is_file():
                 row.update(rescore(Path(args.runs) / row["run"], test))
                 print(f"{row['run']}: fp32 {row['fp32_top1']:.4f}, flip TTA {row['tta_top1']:.4f}")
         out.write_text(json.dumps(results, indent=2))
-    else:
+    elif not args.table:
         for name in args.models.split(","):
             row = run(name, args)
             results[row["run"]] = row
@@ -135,16 +133,18 @@ def print_table(results: dict[str, dict]) -> None:
     goal = [r for r in results.values() if r["threads"] == 2 and r["precision"] == "bf16"]
     other = [r for r in results.values() if r not in goal]
     for rows in (goal, other):
+        if not rows:
+            continue
         extra = rows is goal
-        print("| `python benchmarks/train_fmnist.py ...` | params | MAdds @28 | test top-1 |" + (" fp32 | flip TTA |" if extra else "")
-              + " train min | min to 93 % | images/s |")
+        print("| `python benchmarks/train_fmnist.py ...` | params | MAdds @28 | test top-1 |"
+              + (" fp32 | flip TTA |" if extra else "") + " train min | min to 93 % | images/s |")
         print("|---|" + "---:|" * (8 if extra else 6))
         for r in sorted(rows, key=lambda r: -r["final_top1"]):
             epoch93 = next((i + 1 for i, a in enumerate(r["per_epoch_top1"]) if a >= 0.93), None)
             t93 = f"{r['minutes_to_93']:.1f} (epoch {epoch93})" if r["minutes_to_93"] is not None else "–"
             scores = "".join(f" {r[k] * 100:.2f} % |" if k in r else " – |" for k in ("fp32_top1", "tta_top1"))
-            print(f"| `--models {r['model']} {options(r)}` | {r['params']:,} | {r['madds_28px'] / 1e6:.1f} M | {r['final_top1'] * 100:.2f} % |"
-                  + (scores if extra else "")
+            print(f"| `--models {r['model']} {options(r)}` | {r['params']:,} | "
+                  f"{r['madds_28px'] / 1e6:.1f} M | {r['final_top1'] * 100:.2f} % |" + (scores if extra else "")
                   + f" {r['train_minutes']:.1f} | {t93} | {r['images_per_sec']:.0f} |")
         print()
 
