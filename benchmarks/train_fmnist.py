@@ -54,7 +54,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
     prof = profile(model, 28)
     return {"run": tag, "model": name, "model_kwargs": kwargs, "recipe": args.recipe,
             "epochs": args.epochs, "warmup_epochs": args.warmup, "weight_decay": args.weight_decay,
-            "erasing": args.erasing, "label_smoothing": args.label_smoothing,
+            "erasing": args.erasing, "label_smoothing": args.label_smoothing, "lr": args.lr,
+            "batch_size": args.batch_size, "ema": args.ema, "seed": args.seed,
             "final_top1": accs[-1], **rescore(result.run_dir, load_dataset(args.data, "val")), "best_top1": max(accs),
             "best_epoch": accs.index(max(accs)) + 1, "train_minutes": train_minutes[-1],
             "wall_minutes": wall_minutes, "minutes_to_93": reach93,
@@ -118,10 +119,11 @@ def options(row: dict) -> str:
     """The command-line options that reproduce a recorded run (the recipe fills the rest)."""
     opts = [f"--width-mult {row['model_kwargs']['width_mult']:g}"] if row["model_kwargs"] else []
     opts.append(f"--epochs {row['epochs']}")
-    for key in ("weight_decay", "erasing", "label_smoothing", "warmup_epochs"):
-        if row.get(key) is not None:
+    for key in ("weight_decay", "erasing", "label_smoothing", "lr", "batch_size", "ema", "warmup_epochs",
+                "seed"):
+        value = row.get(key)  # None: the recipe's (rows recorded before a key existed have none)
+        if value is not None and not (key == "seed" and value == 0):
             flag = "--warmup" if key == "warmup_epochs" else "--" + key.replace("_", "-")
-            value = row[key]
             opts.append(f"{flag} " + (f"{value:.0e}".replace("e-0", "e-") if 0 < value < 0.01 else f"{value:g}"))
     tag = row["run"].split(f"_e{row['epochs']}_", 1)
     return " ".join(opts + ([f"--tag {tag[1]}"] if len(tag) == 2 else []))
