@@ -42,7 +42,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
                       recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       warmup=args.warmup, ema=args.ema, weight_decay=args.weight_decay,
                       erasing=args.erasing, label_smoothing=args.label_smoothing,
-                      precision=args.precision, seed=args.seed, progress=False)
+                      no_aug_epochs=args.no_aug_epochs, precision=args.precision, seed=args.seed, progress=False)
     t0 = time.time()
     result = train(cfg)
     hist = result.history
@@ -56,6 +56,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
             "epochs": args.epochs, "warmup_epochs": args.warmup, "weight_decay": args.weight_decay,
             "erasing": args.erasing, "label_smoothing": args.label_smoothing, "lr": args.lr,
             "batch_size": args.batch_size, "ema": args.ema, "seed": args.seed,
+            "no_aug_epochs": args.no_aug_epochs,
             "final_top1": accs[-1], **rescore(result.run_dir, load_dataset(args.data, "val")), "best_top1": max(accs),
             "best_epoch": accs.index(max(accs)) + 1, "train_minutes": train_minutes[-1],
             "wall_minutes": wall_minutes, "minutes_to_93": reach93,
@@ -85,6 +86,8 @@ def main() -> None:
     p.add_argument("--weight-decay", type=float, help="on conv/linear weights (default: the recipe's)")
     p.add_argument("--erasing", type=float, help="random-erasing probability (default: the recipe's)")
     p.add_argument("--label-smoothing", type=float, help="default: the recipe's")
+    p.add_argument("--no-aug-epochs", type=int, default=0,
+                   help="the last N epochs without crops or erasing (flips kept)")
     p.add_argument("--precision", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data", default="fashion-mnist")
@@ -120,9 +123,9 @@ def options(row: dict) -> str:
     opts = [f"--width-mult {row['model_kwargs']['width_mult']:g}"] if row["model_kwargs"] else []
     opts.append(f"--epochs {row['epochs']}")
     for key in ("weight_decay", "erasing", "label_smoothing", "lr", "batch_size", "ema", "warmup_epochs",
-                "seed"):
+                "no_aug_epochs", "seed"):
         value = row.get(key)  # None: the recipe's (rows recorded before a key existed have none)
-        if value is not None and not (key == "seed" and value == 0):
+        if value is not None and not (key in ("seed", "no_aug_epochs") and value == 0):
             flag = "--warmup" if key == "warmup_epochs" else "--" + key.replace("_", "-")
             opts.append(f"{flag} " + (f"{value:.0e}".replace("e-0", "e-") if 0 < value < 0.01 else f"{value:g}"))
     tag = row["run"].split(f"_e{row['epochs']}_", 1)

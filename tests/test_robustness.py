@@ -263,6 +263,8 @@ def test_unknown_model_names_and_options(idx_dir: Path, tmp_path: Path,
     (["train", "--stop-after-epoch", "0"], "stop after epoch must be >= 1"),
     (["train", "--weight-decay", "-1"], "weight decay must be >= 0"),
     (["train", "--erasing", "2"], "random-erasing probability must be in [0, 1]"),
+    (["train", "--epochs", "3", "--no-aug-epochs", "4"], "no-augmentation epochs must be in [0, epochs = 3]"),
+    (["train", "--no-aug-epochs", "-1"], "no-augmentation epochs must be in [0, epochs"),
     (["train", "--warmup", "-1"], "warm-up must be >= 0"),
     (["train", "--nproc-per-node", "0"], "--nproc-per-node must be >= 1"),
     (["train", "--image-size", "5000"], "image size must be in [8, 1024]"),
@@ -615,10 +617,10 @@ def test_second_interrupt_aborts_without_saving(idx_dir: Path, tmp_path: Path,
     before = (tmp_path / "r" / "last.safetensors").read_bytes()
     real_augment = Trainer._augment
 
-    def augment(self, images, g):
+    def augment(self, *args):
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C twice within one step
         os.kill(os.getpid(), signal.SIGINT)
-        return real_augment(self, images, g)
+        return real_augment(self, *args)
 
     monkeypatch.setattr(Trainer, "_augment", augment)
     with pytest.raises(TrainingInterrupted, match=r"without saving .*last checkpoint .* is kept"):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from datagen import make_idx_dir, make_image_folder
 from mobilenets import MobilenetsError
+from mobilenets.augment import normalize
 from mobilenets.checkpoint import load_model, read_checkpoint
 from mobilenets.cli import main
 from mobilenets.data import TensorImages
@@ -51,6 +52,48 @@ def test_no_weight_decay_on_bn_and_bias(idx_dir, tmp_path):
     decayed, plain = trainer.optimizer.param_groups
     assert decayed["weight_decay"] == 0.01 and plain["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim <= 1 for p in plain["params"])
+
+
+def test_the_last_no_aug_epochs_see_the_images_as_evaluation_does(idx_dir, tmp_path, monkeypatch):
+    """--no-aug-epochs N: no pad-crop and no erasing in the last N epochs; flips stay."""
+    batches = []
+    real = Trainer._augment
+
+    def spy(self, images, g, augment=True):
+        x = real(self, images, g, augment)
+        batches.append((augment, images, x))
+        return x
+
+    monkeypatch.setattr(Trainer, "_augment", spy)
+    train(_cfg(idx_dir, tmp_path / "r", epochs=3, no_aug_epochs=1))
+    steps = 96 // 16
+    assert [a for a, _, _ in batches] == [True] * 2 * steps + [False] * steps
+    prep = read_checkpoint(tmp_path / "r" / "last.safetensors")[1]["preprocessing"]
+
+    def untouched(images, x):  # each image normalised as it is, or mirrored
+        plain = normalize(images, prep["mean"], prep["std"])
+        same = (x == plain).flatten(1).all(1) | (x == plain.flip(-1)).flatten(1).all(1)
+        return same
+
+    assert all(untouched(images, x).all() for a, images, x in batches if not a)
+    assert not all(untouched(images, x).all() for a, images, x in batches if a)
+
+
+def test_photo_folders_stop_cropping_for_the_no_aug_epochs(tmp_path, monkeypatch):
+    from mobilenets.data import ImageFolder
+
+    root = make_image_folder(tmp_path / "photos", n_per_class=8, size=72, modes=("RGB",))
+    crops = []
+    real = ImageFolder._random_resized_crop
+
+    def spy(self, img, i):
+        crops.append(self._epoch)
+        return real(self, img, i)
+
+    monkeypatch.setattr(ImageFolder, "_random_resized_crop", spy)
+    train(TrainConfig(**{**TINY, "data": str(root), "out": str(tmp_path / "p"), "epochs": 2,
+                         "no_aug_epochs": 1, "workers": 0, "batch_size": 8}))
+    assert crops and set(crops) == {0}  # random-resized crops in epoch 1 only
 
 
 def _final_state(run):

@@ -42,8 +42,8 @@ from .augment import channel_stats, normalize, random_crop_flip, random_erasing
 from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
                          read_checkpoint, state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
-from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages, holdout_split,
-                   load_dataset, splits_from_train)
+from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ImageFolder, TensorImages,
+                   holdout_split, load_dataset, splits_from_train)
 from .data import mix_seed as _seed
 from .errors import MobilenetsError, did_you_mean
 from .qat import calibrate, load_range_state, prepare_qat, range_state
@@ -115,6 +115,7 @@ class TrainConfig:
     crop_padding: int | None = None
     flip: bool | None = None
     erasing: float | None = None
+    no_aug_epochs: int = 0  # the last N epochs: no crop or erasing, images as evaluation sees them
     image_size: int | None = None
     val_fraction: float | None = None  # hold out this much of train for validation
     workers: int = 2
@@ -183,6 +184,8 @@ class TrainConfig:
                                           "would not see the int8 rounding); leave --ema off"),
             ((self.weight_decay or 0) >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (0 <= (self.erasing or 0) <= 1, f"random-erasing probability must be in [0, 1], got {self.erasing}"),
+            (0 <= self.no_aug_epochs <= (self.epochs or 0),
+             f"no-augmentation epochs must be in [0, epochs = {self.epochs}], got {self.no_aug_epochs}"),
         ]
         for name in ("lr", "weight_decay", "warmup", "label_smoothing", "ema", "erasing", "val_fraction",
                      "momentum", "gamma", "step_epochs"):
@@ -768,15 +771,16 @@ class Trainer:
                                   "run without --resume") from e
 
     # ---- the loop
-    def _augment(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _augment(self, images: torch.Tensor, g: torch.Generator, augment: bool = True) -> torch.Tensor:
+        """Flips always (when the recipe flips); pad-crop and erasing only when ``augment``."""
         cfg = self.cfg
         if self.small:
-            images = random_crop_flip(images, cfg.crop_padding, cfg.flip, g)
+            images = random_crop_flip(images, cfg.crop_padding if augment else 0, cfg.flip, g)
         elif cfg.flip:
             mask = torch.rand(len(images), generator=g) < 0.5
             images = torch.where(mask[:, None, None, None], images.flip(-1), images)
         x = normalize(images, self.preprocessing["mean"], self.preprocessing["std"])
-        if cfg.erasing:
+        if cfg.erasing and augment:
             x = random_erasing(x, cfg.erasing, g)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -822,6 +826,11 @@ class Trainer:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
         plan = self._micro_batches(epoch, self.step_in_epoch)
+        # The last ``no_aug_epochs`` fine-tune on images as the test sees them (flips are kept:
+        # a mirrored garment or photo is still a real one). Photo folders crop per image.
+        augment = epoch < cfg.epochs - cfg.no_aug_epochs
+        if isinstance(self.train_set, ImageFolder):
+            self.train_set.train = self.train_set.train and augment
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
         seen, t0, lr = 0, time.perf_counter(), 0.0
@@ -840,7 +849,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
             g = torch.Generator().manual_seed(_seed(cfg.seed, epoch, step, shard))
             torch.manual_seed(_seed(cfg.seed, epoch, step, shard, 1))  # dropout masks
-            x = self._augment(images, g).to(self.device, non_blocking=True)
+            x = self._augment(images, g, augment).to(self.device, non_blocking=True)
             labels = labels.to(self.device, non_blocking=True)
             sync = self.world_size == 1 or a == accum - 1
             with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()):

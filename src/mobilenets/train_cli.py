@@ -35,6 +35,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ema", type=float, help="EMA decay of the weights (e.g. 0.999); 0 disables")
     p.add_argument("--weight-decay", type=float, help="on conv/linear weights (not BN, not biases)")
     p.add_argument("--erasing", type=float, help="random-erasing probability")
+    p.add_argument("--no-aug-epochs", type=int,
+                   help="train the last N epochs without crops or erasing (flips kept)")
     p.add_argument("--image-size", type=int,
                    help="input size in px (default: the data's, photos capped at 224); in-memory data "
                         "(IDX, CIFAR, small-image folders) is resized once, up front")
@@ -112,7 +114,7 @@ def _config_from_args(args: argparse.Namespace):
     from .train import TrainConfig
 
     keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup", "label_smoothing",
-            "ema", "weight_decay", "erasing", "image_size", "val_fraction", "max_steps",
+            "ema", "weight_decay", "erasing", "no_aug_epochs", "image_size", "val_fraction", "max_steps",
             "stop_after_epoch")
     given = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     given.update(device=args.device, accum_steps=args.accum_steps, sync_bn=args.sync_bn)
