@@ -59,7 +59,7 @@ def test_the_last_no_aug_epochs_see_the_images_as_evaluation_does(idx_dir, tmp_p
     batches = []
     real = Trainer._augment
 
-    def spy(self, images, g, augment=True):
+    def spy(self, images, g, augment):
         x = real(self, images, g, augment)
         batches.append((augment, images, x))
         return x
@@ -70,13 +70,12 @@ def test_the_last_no_aug_epochs_see_the_images_as_evaluation_does(idx_dir, tmp_p
     assert [a for a, _, _ in batches] == [True] * 2 * steps + [False] * steps
     prep = read_checkpoint(tmp_path / "r" / "last.safetensors")[1]["preprocessing"]
 
-    def untouched(images, x):  # each image normalised as it is, or mirrored
+    def untouched(images, x) -> bool:  # every image normalised as it is, or mirrored
         plain = normalize(images, prep["mean"], prep["std"])
-        same = (x == plain).flatten(1).all(1) | (x == plain.flip(-1)).flatten(1).all(1)
-        return same
+        return bool(((x == plain).flatten(1).all(1) | (x == plain.flip(-1)).flatten(1).all(1)).all())
 
-    assert all(untouched(images, x).all() for a, images, x in batches if not a)
-    assert not all(untouched(images, x).all() for a, images, x in batches if a)
+    assert all(untouched(images, x) for a, images, x in batches if not a)
+    assert not all(untouched(images, x) for a, images, x in batches if a)
 
 
 def test_photo_folders_stop_cropping_for_the_no_aug_epochs(tmp_path, monkeypatch):

@@ -375,16 +375,19 @@ class ImageFolder(Dataset):
     kind: str = "photo"
     seed: int = 0
     _epoch: int = field(default=0, repr=False)
+    _augment: bool = field(default=True, repr=False)
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = epoch
+    def set_epoch(self, epoch: int, augment: bool = True) -> None:
+        """Seed this epoch's crops; ``augment=False`` gives a training set's images as
+        evaluation sees them (``--no-aug-epochs``)."""
+        self._epoch, self._augment = epoch, augment
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         img = load_image(self.files[i], self.channels)
-        if self.train and self.kind == "photo":
+        if self.train and self._augment and self.kind == "photo":
             img = self._random_resized_crop(img, i)
         else:
             img = resize_center_crop(img, self.image_size)

@@ -42,7 +42,7 @@ from .augment import channel_stats, normalize, random_crop_flip, random_erasing
 from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
                          read_checkpoint, state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
-from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, ImageFolder, TensorImages,
+from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages,
                    holdout_split, load_dataset, splits_from_train)
 from .data import mix_seed as _seed
 from .errors import MobilenetsError, did_you_mean
@@ -771,7 +771,7 @@ class Trainer:
                                   "run without --resume") from e
 
     # ---- the loop
-    def _augment(self, images: torch.Tensor, g: torch.Generator, augment: bool = True) -> torch.Tensor:
+    def _augment(self, images: torch.Tensor, g: torch.Generator, augment: bool) -> torch.Tensor:
         """Flips always (when the recipe flips); pad-crop and erasing only when ``augment``."""
         cfg = self.cfg
         if self.small:
@@ -823,14 +823,12 @@ class Trainer:
     def train_epoch(self, epoch: int, bar) -> dict[str, float]:
         cfg = self.cfg
         self.ddp_model.train()
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(epoch)
-        plan = self._micro_batches(epoch, self.step_in_epoch)
         # The last ``no_aug_epochs`` fine-tune on images as the test sees them (flips are kept:
-        # a mirrored garment or photo is still a real one). Photo folders crop per image.
+        # a mirrored garment or photo is still a real one).
         augment = epoch < cfg.epochs - cfg.no_aug_epochs
-        if isinstance(self.train_set, ImageFolder):
-            self.train_set.train = self.train_set.train and augment
+        if hasattr(self.train_set, "set_epoch"):  # datasets that augment per image
+            self.train_set.set_epoch(epoch, augment)
+        plan = self._micro_batches(epoch, self.step_in_epoch)
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
         seen, t0, lr = 0, time.perf_counter(), 0.0
