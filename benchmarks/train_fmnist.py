@@ -36,6 +36,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def run(name: str, args: argparse.Namespace) -> dict:
     kwargs = {"width_mult": args.width_mult} if args.width_mult else {}
+    if args.dropout is not None:
+        kwargs["dropout"] = args.dropout
     tag = f"{name}" + (f"_w{args.width_mult}" if args.width_mult else "") + f"_e{args.epochs}" + \
         (f"_{args.tag}" if args.tag else "")
     cfg = TrainConfig(model=name, model_kwargs=kwargs, data=args.data, out=str(Path(args.runs) / tag),
@@ -78,6 +80,8 @@ def main() -> None:
     p.add_argument("--models", default="mobilenet_v3_small")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--width-mult", type=float)
+    p.add_argument("--dropout", type=float,
+                   help="before the classifier (default: the model's, 0.2 for V3)")
     p.add_argument("--recipe", default="small-images")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -120,7 +124,7 @@ def main() -> None:
 
 def options(row: dict) -> str:
     """The command-line options that reproduce a recorded run (the recipe fills the rest)."""
-    opts = [f"--width-mult {row['model_kwargs']['width_mult']:g}"] if row["model_kwargs"] else []
+    opts = [f"--{key.replace('_', '-')} {value:g}" for key, value in row["model_kwargs"].items()]
     opts.append(f"--epochs {row['epochs']}")
     for key in ("weight_decay", "erasing", "label_smoothing", "lr", "batch_size", "ema", "warmup_epochs",
                 "no_aug_epochs", "seed"):
