@@ -34,12 +34,18 @@ from mobilenets.train import TrainConfig, evaluate, train
 RESULTS = Path(__file__).parent / "results"
 
 
+def run_name(name: str, args: argparse.Namespace) -> str:
+    """The run's directory under --runs and its key in the JSON. Only the width and epochs
+    are in it: runs that differ in other options need their own --tag."""
+    return f"{name}" + (f"_w{args.width_mult}" if args.width_mult else "") + f"_e{args.epochs}" + \
+        (f"_{args.tag}" if args.tag else "")
+
+
 def run(name: str, args: argparse.Namespace) -> dict:
     kwargs = {"width_mult": args.width_mult} if args.width_mult else {}
     if args.dropout is not None:
         kwargs["dropout"] = args.dropout
-    tag = f"{name}" + (f"_w{args.width_mult}" if args.width_mult else "") + f"_e{args.epochs}" + \
-        (f"_{args.tag}" if args.tag else "")
+    tag = run_name(name, args)
     cfg = TrainConfig(model=name, model_kwargs=kwargs, data=args.data, out=str(Path(args.runs) / tag),
                       recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       warmup=args.warmup, ema=args.ema, weight_decay=args.weight_decay,
@@ -114,6 +120,11 @@ def main() -> None:
                 print(f"{row['run']}: fp32 {row['fp32_top1']:.4f}, flip TTA {row['tta_top1']:.4f}")
         out.write_text(json.dumps(results, indent=2))
     elif not args.table:
+        # A recorded run is an hour of training: never replace it by accident.
+        taken = [run_name(name, args) for name in args.models.split(",") if run_name(name, args) in results]
+        if taken:
+            raise SystemExit(f"error: {', '.join(taken)} already recorded in {out}; give this "
+                             "run its own --tag (or delete the row to measure it again)")
         for name in args.models.split(","):
             row = run(name, args)
             results[row["run"]] = row
