@@ -45,6 +45,8 @@ def run(name: str, args: argparse.Namespace) -> dict:
     kwargs = {"width_mult": args.width_mult} if args.width_mult else {}
     if args.dropout is not None:
         kwargs["dropout"] = args.dropout
+    if args.output_stride is not None:
+        kwargs["output_stride"] = args.output_stride
     tag = run_name(name, args)
     cfg = TrainConfig(model=name, model_kwargs=kwargs, data=args.data, out=str(Path(args.runs) / tag),
                       recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -88,6 +90,9 @@ def main() -> None:
     p.add_argument("--width-mult", type=float)
     p.add_argument("--dropout", type=float,
                    help="before the classifier (default: the model's, 0.2 for V3)")
+    p.add_argument("--output-stride", type=int,
+                   help="total downsampling (default 8, the small-input stem's; 4 keeps the last "
+                        "stage at 7×7 instead of 4×4)")
     p.add_argument("--recipe", default="small-images")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)

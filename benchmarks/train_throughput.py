@@ -11,11 +11,14 @@ see the same machine state:
   the warm-up, untimed): a candidate for the trainer, which does not use it while it is
   no faster here.
 
-Writes ``benchmarks/results/train_throughput.json`` and prints a Markdown table of median
-images/s and the speed-up ratios against plain.
+The whole measurement is repeated ``--rounds`` times with fresh models: one round's ratio
+moves by about 0.2 on this shared machine, so the table gives the median over rounds of
+images/s and of the speed-up, with the speed-ups' range. Writes
+``benchmarks/results/train_throughput.json`` (every round's figures too) and prints a
+Markdown table.
 
     python benchmarks/train_throughput.py [--models mobilenet_v2,mobilenet_v3_large,...]
-        [--batch 256] [--resolution 28] [--steps 12] [--threads 2]
+        [--batch 256] [--resolution 28] [--steps 10] [--rounds 3] [--threads 2]
 """
 
 from __future__ import annotations
@@ -64,6 +67,29 @@ def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resoluti
     return step, use_bf16
 
 
+def measure_round(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """One round: fresh models, a warm-up, then ``args.steps`` interleaved steps per
+    configuration (so every configuration sees the same machine state); returns each
+    configuration's median step time in seconds."""
+    shape = (args.batch, args.resolution, args.small_input)
+    steps = {"plain": make_step(name, False, False, *shape)[0],
+             "optimised": make_step(name, True, False, *shape)[0]}
+    fast_bf16, bf16 = make_step(name, True, True, *shape)
+    if bf16:
+        steps["optimised_bf16"] = fast_bf16
+    if args.compile:
+        steps["optimised_bf16_compile" if bf16 else "optimised_compile"] = make_step(
+            name, True, True, *shape, compile=True)[0]
+    for _ in range(2):  # warm-up: allocator, oneDNN primitive caches
+        for fn in steps.values():
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for _ in range(args.steps):
+        for k, fn in steps.items():
+            times[k].append(fn())
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="mobilenet_v2,mobilenet_v3_large,mobilenet_v3_small")
@@ -72,6 +98,10 @@ def main() -> None:
     p.add_argument("--no-small-input", dest="small_input", action="store_false")
     p.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="independent rounds (fresh models each); the table gives the median "
+                        "over rounds and the speed-ups' range, since one round's ratio moves "
+                        "by about 0.2 on a shared machine")
     p.add_argument("--compile", action="store_true", help="add the torch.compile'd bf16 configuration")
     p.add_argument("--out", default=str(RESULTS / "train_throughput.json"))
     args = p.parse_args()
@@ -79,34 +109,24 @@ def main() -> None:
 
     rows = []
     for name in args.models.split(","):
-        steps = {"plain": make_step(name, False, False, args.batch, args.resolution, args.small_input)[0],
-                 "optimised": make_step(name, True, False, args.batch, args.resolution, args.small_input)[0]}
-        fast_bf16, bf16 = make_step(name, True, True, args.batch, args.resolution, args.small_input)
-        if bf16:
-            steps["optimised_bf16"] = fast_bf16
-        if args.compile:
-            steps["optimised_bf16_compile" if bf16 else "optimised_compile"] = make_step(
-                name, True, True, args.batch, args.resolution, args.small_input, compile=True)[0]
-        for _ in range(2):  # warm-up: allocator, oneDNN primitive caches
-            for fn in steps.values():
-                fn()
-        times: dict[str, list[float]] = {k: [] for k in steps}
-        for _ in range(args.steps):  # interleaved, so every config sees the same machine
-            for k, fn in steps.items():
-                times[k].append(fn())
-        med = {k: statistics.median(v) for k, v in times.items()}
+        rounds = [measure_round(name, args) for _ in range(args.rounds)]
+        configs = list(rounds[0])
+        speedups = {k: [r["plain"] / r[k] for r in rounds] for k in configs if k != "plain"}
         row = {"model": name, "batch": args.batch, "resolution": args.resolution,
-               "small_input": args.small_input, "steps": args.steps,
-               **{f"{k}_images_per_s": args.batch / t for k, t in med.items()},
-               **{f"{k}_speedup": med["plain"] / t for k, t in med.items() if k != "plain"}}
+               "small_input": args.small_input, "steps": args.steps, "rounds": args.rounds,
+               **{f"{k}_images_per_s": statistics.median(args.batch / r[k] for r in rounds)
+                  for k in configs},
+               **{f"{k}_speedup": statistics.median(v) for k, v in speedups.items()},
+               **{f"{k}_speedup_range": [min(v), max(v)] for k, v in speedups.items()},
+               "round_images_per_s": [{k: args.batch / t for k, t in r.items()} for r in rounds]}
         rows.append(row)
-        print(name, ", ".join(f"{k} {args.batch / t:.0f} img/s" for k, t in med.items()), flush=True)
+        print(name, ", ".join(f"{k} {row[k + '_images_per_s']:.0f} img/s" for k in configs), flush=True)
 
     result = {"benchmark": "train_throughput", "torch": torch.__version__, "threads": args.threads,
               "cpu": platform.processor() or platform.machine(), "rows": rows,
               "command": "python benchmarks/train_throughput.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                  if k in ("models", "batch", "resolution", "steps", "threads"))
+                  if k in ("models", "batch", "resolution", "steps", "threads", "rounds"))
               + (" --compile" if args.compile else "")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,13 +135,14 @@ def main() -> None:
           "+ bf16 autocast (img/s) | speed-up |" + (" + torch.compile (img/s) | speed-up |" if args.compile else ""))
     print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.compile else ""))
     for r in rows:
-        bf = (f"{r['optimised_bf16_images_per_s']:.0f} | ×{r['optimised_bf16_speedup']:.2f}"
-              if "optimised_bf16_images_per_s" in r else "– | –")
-        print(f"| `{r['model']}` | {r['plain_images_per_s']:.0f} | {r['optimised_images_per_s']:.0f} | "
-              f"×{r['optimised_speedup']:.2f} | {bf} |" + "".join(
-                  f" {r[k + '_images_per_s']:.0f} | ×{r[k + '_speedup']:.2f} |"
-                  for k in ("optimised_bf16_compile", "optimised_compile") if k + "_images_per_s" in r))
-
+        cells = [f"{r['plain_images_per_s']:.0f}"]
+        for k in ("optimised", "optimised_bf16", "optimised_bf16_compile", "optimised_compile"):
+            if k + "_images_per_s" in r:
+                lo, hi = r[k + "_speedup_range"]
+                cells.append(f"{r[k + '_images_per_s']:.0f} | ×{r[k + '_speedup']:.2f} ({lo:.2f}-{hi:.2f})")
+            elif k == "optimised_bf16":
+                cells.append("– | –")
+        print(f"| `{r['model']}` | " + " | ".join(cells) + " |")
 
 if __name__ == "__main__":
     main()

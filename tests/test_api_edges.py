@@ -194,3 +194,23 @@ def test_a_compiled_model_saves_under_its_own_names(tmp_path: Path) -> None:
     loaded, _ = load_model(tmp_path / "c.safetensors")
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(loaded(x), model(x))
+
+
+def test_output_stride_from_the_cli_and_through_a_checkpoint(tmp_path: Path, capsys) -> None:
+    assert main(["summary", "mobilenet_v3_small", "--resolution", "28", "--small-input",
+                 "--output-stride", "4", "--in-chans", "1", "--width-mult", "0.25", "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert layers[[la["name"] for la in layers].index("pool") - 1]["output_shape"][-2:] == [7, 7]
+    model = create_model("mobilenet_v3_small", width_mult=0.25, small_input=True, output_stride=4)
+    save_model(model, tmp_path / "os4.safetensors", preprocessing=PRE)
+    loaded = load_model(tmp_path / "os4.safetensors")[0]
+    assert loaded.model_kwargs["output_stride"] == 4 and loaded.feature_info[-1].reduction == 4
+    assert main(["summary", "mobilenet_v2", "--output-stride", "5"]) == 2
+    assert "output_stride must be a power of 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [10 ** 400, -(10 ** 400)])
+def test_a_huge_integer_for_a_float_option_is_a_range_error(value: int) -> None:
+    """Found by the checkpoint fuzzer: ``float(10 ** 400)`` raised OverflowError."""
+    with pytest.raises(MobilenetsError, match=r"width_mult must be in \(0, "):
+        create_model("mobilenet_v2", width_mult=value)

@@ -284,7 +284,8 @@ def test_checkpoint_mutated_file(data: bytes) -> None:
 
 _KEYS = ["model", "model_kwargs", "preprocessing", "classes", "format_version", "train_state", "extra"]
 _OPTIONS = ["num_classes", "in_chans", "width_mult", "dropout", "bn_eps", "bn_momentum", "padding",
-            "width_convention", "small_input", "stem_channels", "depth_multiplier", "project_act", "evil"]
+            "width_convention", "small_input", "output_stride", "stem_channels", "depth_multiplier",
+            "project_act", "evil"]
 _PRE = ["input_size", "channels", "mean", "std"]
 def _json_containers(inner: st.SearchStrategy) -> st.SearchStrategy:
     return st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)

@@ -133,6 +133,38 @@ def test_small_input_stem_downsamples_8x(name):
         assert model(torch.randn(1, 1, 28, 28)).shape == (1, 10)
 
 
+def _strides(model) -> list[int]:
+    return [m.stride for m in model.features]
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_output_stride_drops_the_last_strides_and_keeps_every_weight(name):
+    """``output_stride`` changes only where the network downsamples: the same parameters
+    (so checkpoints and converted weights still load), the *last* stride-2 blocks at 1."""
+    base = mobilenets.create_model(name, small_input=True, in_chans=1, num_classes=10, **SMALL)
+    os4 = mobilenets.create_model(name, small_input=True, output_stride=4, in_chans=1, num_classes=10, **SMALL)
+    assert {k: v.shape for k, v in os4.state_dict().items()} == {k: v.shape for k, v in base.state_dict().items()}
+    changed = [i for i, (a, b) in enumerate(zip(_strides(base), _strides(os4))) if a != b]
+    assert len(changed) == 1 and changed[0] == max(i for i, s in enumerate(_strides(base)) if s == 2)
+    assert os4.feature_info[-1].reduction == 4
+    with torch.no_grad():
+        assert os4.eval().forward_features(torch.randn(1, 1, 28, 28)).shape[-2:] == (7, 7)
+    os16 = mobilenets.create_model(name, output_stride=16, **SMALL)
+    assert _strides(os16)[0] == 2 and [f.reduction for f in os16.feature_info] == [2, 4, 8, 16]
+    assert mobilenets.create_model(name, output_stride=32, **SMALL).feature_info[-1].reduction == 32
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"output_stride": 3}, "output_stride must be a power of 2 no larger than 32 for this network, got 3"),
+    ({"output_stride": 16, "small_input": True}, "no larger than 8 for this network with small_input, got 16"),
+    ({"output_stride": 64}, r"output_stride must be in \[1, 32\], got 64"),
+    ({"output_stride": 4.0}, "output_stride must be an integer, got 4.0"),
+])
+def test_bad_output_stride_is_one_clear_error(kwargs, message):
+    with pytest.raises(mobilenets.MobilenetsError, match=message):
+        mobilenets.create_model("mobilenet_v2", **kwargs)
+
+
 def test_torch_export_equals_eager():
     model = mobilenets.create_model("mobilenet_v3_small", **SMALL).eval()
     x = torch.randn(2, 3, 64, 64)

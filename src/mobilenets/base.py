@@ -4,7 +4,8 @@ Every network is ``features`` (an ``nn.Sequential``: stem, blocks, last conv) fo
 global average pooling, an optional hidden head (V3's efficient last stage), dropout and a
 linear classifier:
 
-* ``forward_features(x)``: the final feature map, ``(N, num_features, H/32, W/32)``.
+* ``forward_features(x)``: the final feature map, ``(N, num_features, H/32, W/32)``
+  (``H/8`` with ``small_input``, ``H/output_stride`` when that is given; see :func:`downsampling`).
 * ``forward_head(x, pre_logits=False)``: pooled vector → logits (or the vector the
   classifier reads, ``(N, head_hidden_size)``, when ``pre_logits``).
 * ``reset_classifier(num_classes)``: a fresh classifier; ``0`` removes it.
@@ -17,12 +18,44 @@ linear classifier:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .errors import MobilenetsError
+
+
+def downsampling(strides: Sequence[int], *, small_input: bool,
+                 output_stride: int | None) -> list[int]:
+    """The strides of the stem and of each block in order (``strides``: the paper's), adapted
+    to small images.
+
+    ``small_input`` sets the stem and the first stride-2 block to stride 1: 8× downsampling
+    instead of 32×, so a 28 px image ends on a 4×4 map instead of 1×1. ``output_stride``
+    then sets the total downsampling: the *last* stride-2 blocks go to stride 1 (as
+    DeepLab's output stride does, here without dilation), keeping the early layers, where
+    the cost per channel is highest, at the paper's resolution. ``None`` keeps what
+    ``small_input`` gives.
+    """
+    out = list(strides)
+    if small_input:
+        out[0] = 1
+        out[out.index(2, 1)] = 1
+    total = math.prod(out)
+    if output_stride is None or output_stride == total:
+        return out
+    if output_stride < 1 or output_stride > total or output_stride & (output_stride - 1):
+        raise MobilenetsError(f"output_stride must be a power of 2 no larger than {total} for this "
+                              f"network{' with small_input' if small_input else ''}, got {output_stride}")
+    for i in reversed(range(len(out))):
+        if total == output_stride:
+            break
+        if out[i] == 2:
+            out[i], total = 1, total // 2
+    return out
 
 
 @dataclass(frozen=True)

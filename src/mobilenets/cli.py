@@ -44,12 +44,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="channel rounding convention (SPEC §7.2)")
     g.add_argument("--small-input", action="store_true", default=None,
                    help="stem for 28-64 px images (8x downsampling instead of 32x)")
+    g.add_argument("--output-stride", type=int,
+                   help="total downsampling, a power of 2 (default 32, or 8 with --small-input): "
+                        "the last stride-2 blocks go to stride 1")
     g.add_argument("--dropout", type=float, help="dropout before the classifier")
 
 
 def model_kwargs_from_args(args: argparse.Namespace) -> dict:
     keys = ("width_mult", "num_classes", "in_chans", "depth_multiplier", "padding",
-            "width_convention", "small_input", "dropout")
+            "width_convention", "small_input", "output_stride", "dropout")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 

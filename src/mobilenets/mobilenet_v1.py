@@ -15,7 +15,7 @@ from .errors import MobilenetsError
 from .blocks import DepthwiseSeparable
 from .conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
                           check_choice, check_width_mult, make_divisible)
-from .base import MobileNet
+from .base import MobileNet, downsampling
 from .layers import ConvNormAct
 
 
@@ -64,13 +64,17 @@ class MobileNetV1(MobileNet):
             "tf" truncates int(c·α) as Keras and TF-slim do.
         small_input: for 28-64 px images: stem stride 1 and the first stride-2 block at
             stride 1, so the network downsamples 8× instead of 32×.
+        output_stride: total downsampling (a power of 2); the last stride-2 blocks go to
+            stride 1 until it is reached (``base.downsampling``). ``None``: 32, or 8 with
+            ``small_input``.
     """
 
     def __init__(self, *, num_classes: int = 1000, in_chans: int = 3, width_mult: float = 1.0,
                  depth_multiplier: int = 1, dropout: float = 1e-3,
                  bn_eps: float = BN_DEFAULTS["v1"][0], bn_momentum: float = BN_DEFAULTS["v1"][1],
                  padding: Padding = "symmetric", width_convention: WidthConvention = "torchvision",
-                 small_input: bool = False, table: tuple[DW, ...] = TABLE_1) -> None:
+                 small_input: bool = False, output_stride: int | None = None,
+                 table: tuple[DW, ...] = TABLE_1) -> None:
         check_choice("padding", padding, PADDINGS)
         check_choice("width_convention", width_convention, WIDTH_CONVENTIONS)
         check_width_mult(width_mult)
@@ -83,14 +87,11 @@ class MobileNetV1(MobileNet):
             return make_divisible(c * width_mult, 8)
 
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding)
-        stem_stride = 1 if small_input else STEM_STRIDE
+        stem_stride, *strides = downsampling([STEM_STRIDE, *(row.s for row in table)],
+                                             small_input=small_input, output_stride=output_stride)
         channels = width(STEM_CHANNELS)
         layers: list[nn.Module] = [ConvNormAct(in_chans, channels, 3, stem_stride, act="RE6", **norm)]
-        first_stride2 = small_input
-        for row in table:
-            stride = row.s
-            if first_stride2 and stride == 2:
-                stride, first_stride2 = 1, False
+        for row, stride in zip(table, strides):
             out = width(row.c)
             layers.append(DepthwiseSeparable(channels, out, stride,
                                              depth_multiplier=int(depth_multiplier), **norm))

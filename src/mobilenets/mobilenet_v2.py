@@ -11,7 +11,7 @@ from typing import NamedTuple
 from torch import nn
 
 
-from .base import MobileNet
+from .base import MobileNet, downsampling
 from .blocks import InvertedResidual
 from .conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
                           check_choice, check_width_mult, make_divisible)
@@ -58,6 +58,9 @@ class MobileNetV2(MobileNet):
             torchvision and TF/Keras rounding (SPEC §7.2).
         small_input: for 28-64 px images: stem stride 1 and the first stride-2 bottleneck
             at stride 1 (8× downsampling instead of 32×).
+        output_stride: total downsampling (a power of 2); the last stride-2 blocks go to
+            stride 1 until it is reached (``base.downsampling``). ``None``: 32, or 8 with
+            ``small_input``.
         project_act: nonlinearity after the projection; ``None`` is the paper's linear
             bottleneck, "RE6" exists for the linear-bottleneck ablation (V2 Figure 6).
     """
@@ -66,22 +69,23 @@ class MobileNetV2(MobileNet):
                  dropout: float = 0.2, bn_eps: float = BN_DEFAULTS["v2"][0],
                  bn_momentum: float = BN_DEFAULTS["v2"][1], padding: Padding = "symmetric",
                  width_convention: WidthConvention = "torchvision", small_input: bool = False,
-                 project_act: Act | None = None, table: tuple[Bottleneck, ...] = TABLE_2) -> None:
+                 output_stride: int | None = None, project_act: Act | None = None,
+                 table: tuple[Bottleneck, ...] = TABLE_2) -> None:
         check_choice("padding", padding, PADDINGS)
         check_choice("width_convention", width_convention, WIDTH_CONVENTIONS)
         check_width_mult(width_mult)
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum, padding=padding)
 
         channels = make_divisible(STEM_CHANNELS * width_mult, 8)
-        stem_stride = 1 if small_input else STEM_STRIDE
+        stem_stride, *strides = downsampling(
+            [STEM_STRIDE, *(row.s if i == 0 else 1 for row in table for i in range(row.n))],
+            small_input=small_input, output_stride=output_stride)
         layers: list[nn.Module] = [ConvNormAct(in_chans, channels, 3, stem_stride, act="RE6", **norm)]
-        first_stride2 = small_input
+        block_strides = iter(strides)
         for row in table:
             out = make_divisible(row.c * width_mult, 8)
-            for i in range(row.n):
-                stride = row.s if i == 0 else 1
-                if first_stride2 and stride == 2:
-                    stride, first_stride2 = 1, False
+            for _ in range(row.n):
+                stride = next(block_strides)
                 layers.append(InvertedResidual(channels, channels * row.t, out, 3, stride,
                                                act="RE6", project_act=project_act, **norm))
                 channels = out

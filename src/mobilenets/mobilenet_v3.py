@@ -13,7 +13,7 @@ from typing import NamedTuple
 from torch import nn
 
 
-from .base import MobileNet
+from .base import MobileNet, downsampling
 from .blocks import InvertedResidual
 from .conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
                           check_choice, check_width_mult, make_divisible)
@@ -97,6 +97,9 @@ class MobileNetV3(MobileNet):
         padding: "symmetric" (PyTorch) or "same" (TF/Keras weights).
         small_input: for 28-64 px images: stem stride 1 and the first stride-2 bneck at
             stride 1 (8× downsampling instead of 32×).
+        output_stride: total downsampling (a power of 2); the last stride-2 blocks go to
+            stride 1 until it is reached (``base.downsampling``). ``None``: 32, or 8 with
+            ``small_input``.
         stem_channels: fixed stem width instead of make_divisible(16·w, 8) (TF-slim, whose
             Table 9 this reproduces). Keras always uses 16, timm uses 16 below width 0.75;
             the converters set it for their weights.
@@ -107,7 +110,8 @@ class MobileNetV3(MobileNet):
                  in_chans: int = 3, width_mult: float = 1.0, dropout: float = 0.2,
                  bn_eps: float = BN_DEFAULTS["v3"][0], bn_momentum: float = BN_DEFAULTS["v3"][1],
                  padding: Padding = "symmetric", width_convention: WidthConvention = "torchvision",
-                 small_input: bool = False, stem_channels: int | None = None,
+                 small_input: bool = False, output_stride: int | None = None,
+                 stem_channels: int | None = None,
                  act: Act = "HS") -> None:
         check_choice("padding", padding, PADDINGS)
         check_choice("width_convention", width_convention, WIDTH_CONVENTIONS)
@@ -119,16 +123,13 @@ class MobileNetV3(MobileNet):
             return make_divisible(c * width_mult, 8)
 
         channels = stem_channels or width(STEM_CHANNELS)
-        stem_stride = 1 if small_input else STEM_STRIDE
+        stem_stride, *strides = downsampling([STEM_STRIDE, *(row.s for row in table)],
+                                             small_input=small_input, output_stride=output_stride)
         layers: list[nn.Module] = [ConvNormAct(in_chans, channels, 3, stem_stride, act=act, **norm)]
         paper_in = STEM_CHANNELS
-        first_stride2 = small_input
-        for row in table:
+        for row, stride in zip(table, strides):
             exp = make_divisible(channels * row.exp / paper_in, 8) if tf else width(row.exp)
             out = width(row.out)
-            stride = row.s
-            if first_stride2 and stride == 2:
-                stride, first_stride2 = 1, False
             se = make_divisible(exp / 4, 8) if row.se else 0
             layers.append(InvertedResidual(channels, exp, out, row.k, stride, se_channels=se,
                                            act=row.nl, **norm))

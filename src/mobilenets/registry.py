@@ -96,8 +96,12 @@ def check_model_name(name: str) -> str:
 OPTION_RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "num_classes": (0, 1_000_000, False, False), "in_chans": (1, 4096, False, False),
     "width_mult": (0.0, MAX_WIDTH_MULT, True, False), "depth_multiplier": (1, 64, False, False),
-    "stem_channels": (1, 16384, False, False), "dropout": (0.0, 1.0, False, True),
+    "stem_channels": (1, 16384, False, False), "output_stride": (1, 32, False, False), "dropout": (0.0, 1.0, False, True),
     "bn_eps": (0.0, 1.0, True, False), "bn_momentum": (0.0, 1.0, False, False)}
+
+
+#: Integer options whose default, ``None``, means "the architecture's own".
+_OPTIONAL_INTS = ("stem_channels", "output_stride")
 
 
 def check_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -116,12 +120,14 @@ def check_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if isinstance(default, bool):
             ok, kind = isinstance(value, (bool, np.bool_)), "true or false"
             value = bool(value) if ok else value
-        elif isinstance(default, int) or key == "stem_channels":
-            ok, kind = integral or (key == "stem_channels" and value is None), "an integer"
+        elif isinstance(default, int) or key in _OPTIONAL_INTS:
+            ok, kind = integral or (key in _OPTIONAL_INTS and value is None), "an integer"
             value = int(value) if integral else value
         elif isinstance(default, float):
             ok, kind = real, "a number"
-            value = float(value) if real else value
+            # float() of an integer beyond 1e308 overflows: such an integer stays one, and the
+            # range check below rejects it
+            value = float(value) if real and not (integral and abs(value) > 1e300) else value
         else:  # strings, and project_act's None
             ok, kind = isinstance(value, str) or (default is None and value is None), "a string"
             if ok and key == "project_act" and value is not None:
