@@ -144,5 +144,6 @@ def main() -> None:
                 cells.append("– | –")
         print(f"| `{r['model']}` | " + " | ".join(cells) + " |")
 
+
 if __name__ == "__main__":
     main()

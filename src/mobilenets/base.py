@@ -36,9 +36,8 @@ def downsampling(strides: Sequence[int], *, small_input: bool,
     ``small_input`` sets the stem and the first stride-2 block to stride 1: 8× downsampling
     instead of 32×, so a 28 px image ends on a 4×4 map instead of 1×1. ``output_stride``
     then sets the total downsampling: the *last* stride-2 blocks go to stride 1 (as
-    DeepLab's output stride does, here without dilation), keeping the early layers, where
-    the cost per channel is highest, at the paper's resolution. ``None`` keeps what
-    ``small_input`` gives.
+    DeepLab's output stride does, here without dilation), so the early layers, whose maps
+    are the largest, keep their cost. ``None`` keeps what ``small_input`` gives.
     """
     out = list(strides)
     if small_input:
