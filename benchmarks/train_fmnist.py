@@ -66,7 +66,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
             "epochs": args.epochs, "warmup_epochs": args.warmup, "weight_decay": args.weight_decay,
             "erasing": args.erasing, "label_smoothing": args.label_smoothing, "lr": args.lr,
             "batch_size": args.batch_size, "ema": args.ema, "seed": args.seed,
-            "no_aug_epochs": args.no_aug_epochs,
+            "no_aug_epochs": args.no_aug_epochs, **({"group": args.group} if args.group else {}),
             "final_top1": accs[-1], **rescore(result.run_dir, load_dataset(args.data, "val")), "best_top1": max(accs),
             "best_epoch": accs.index(max(accs)) + 1, "train_minutes": train_minutes[-1],
             "wall_minutes": wall_minutes, "minutes_to_93": reach93,
@@ -108,6 +108,8 @@ def main() -> None:
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--runs", default="runs/bench-fmnist")
     p.add_argument("--tag", default="")
+    p.add_argument("--group", help="print this run in its own table with the runs of the same group "
+                                   "(e.g. models compared at an equal training time)")
     p.add_argument("--out", default=str(RESULTS / "fmnist.json"))
     p.add_argument("--table", action="store_true", help="train nothing: print the tables of --out")
     p.add_argument("--rescore", action="store_true",
@@ -149,18 +151,21 @@ def options(row: dict) -> str:
             flag = "--warmup" if key == "warmup_epochs" else "--" + key.replace("_", "-")
             opts.append(f"{flag} " + (f"{value:.0e}".replace("e-0", "e-") if 0 < value < 0.01 else f"{value:g}"))
     tag = row["run"].split(f"_e{row['epochs']}_", 1)
-    return " ".join(opts + ([f"--tag {tag[1]}"] if len(tag) == 2 else []))
+    return " ".join(opts + ([f"--tag {tag[1]}"] if len(tag) == 2 else [])
+                    + ([f"--group {row['group']}"] if "group" in row else []))
 
 
 def print_table(results: dict[str, dict]) -> None:
-    """The README's two tables: the goal's setting (2 threads, bf16) and the older
-    one-thread fp32 model-against-model runs, each sorted by test top-1."""
-    goal = [r for r in results.values() if r["threads"] == 2 and r["precision"] == "bf16"]
-    other = [r for r in results.values() if r not in goal]
-    for rows in (goal, other):
+    """The README's tables, each sorted by test top-1: the goal's setting (2 threads, bf16),
+    then one table per ``--group``, then the older one-thread fp32 model-against-model runs."""
+    grouped = [r for r in results.values() if "group" in r]
+    goal = [r for r in results.values() if r["threads"] == 2 and r["precision"] == "bf16" and "group" not in r]
+    other = [r for r in results.values() if r not in goal and "group" not in r]
+    groups = [[r for r in grouped if r["group"] == g] for g in dict.fromkeys(r["group"] for r in grouped)]
+    for rows in (goal, *groups, other):
         if not rows:
             continue
-        extra = rows is goal
+        extra = rows is not other
         print("| `python benchmarks/train_fmnist.py ...` | params | MAdds @28 | test top-1 |"
               + (" fp32 | flip TTA |" if extra else "") + " train min | min to 93 % | images/s |")
         print("|---|" + "---:|" * (8 if extra else 6))
