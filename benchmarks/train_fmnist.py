@@ -9,7 +9,7 @@ then scored again in fp32, with and without flip test-time augmentation (what `m
 eval RUN [--tta]` reports), since training evaluates under its own precision.
 
 Writes ``benchmarks/results/fmnist.json`` (merged with earlier results, keyed by run name)
-and prints the README's two Markdown tables (``--table`` prints them alone).
+and prints the README's Markdown tables (``--table`` prints them alone).
 
     python benchmarks/train_fmnist.py --models mobilenet_v3_small --epochs 10
     python benchmarks/train_fmnist.py --models mobilenet_v2 --epochs 8 --width-mult 0.5
@@ -157,15 +157,18 @@ def options(row: dict) -> str:
 
 def print_table(results: dict[str, dict]) -> None:
     """The README's tables, each sorted by test top-1: the goal's setting (2 threads, bf16),
-    then one table per ``--group``, then the older one-thread fp32 model-against-model runs."""
-    grouped = [r for r in results.values() if "group" in r]
-    goal = [r for r in results.values() if r["threads"] == 2 and r["precision"] == "bf16" and "group" not in r]
-    other = [r for r in results.values() if r not in goal and "group" not in r]
-    groups = [[r for r in grouped if r["group"] == g] for g in dict.fromkeys(r["group"] for r in grouped)]
-    for rows in (goal, *groups, other):
+    then one table per ``--group``, then the older one-thread fp32 model-against-model runs
+    (recorded before the fp32 and TTA scores were, so without those columns)."""
+    tables: dict[str, list[dict]] = {"goal": []}
+    for r in results.values():
+        goal = r["threads"] == 2 and r["precision"] == "bf16"
+        key = f"group {r['group']}" if "group" in r else ("goal" if goal else "older")
+        tables.setdefault(key, []).append(r)
+    tables["older"] = tables.pop("older", [])  # last
+    for key, rows in tables.items():
         if not rows:
             continue
-        extra = rows is not other
+        extra = key != "older"
         print("| `python benchmarks/train_fmnist.py ...` | params | MAdds @28 | test top-1 |"
               + (" fp32 | flip TTA |" if extra else "") + " train min | min to 93 % | images/s |")
         print("|---|" + "---:|" * (8 if extra else 6))
