@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 import mobilenets
+from mobilenets.bench import machine_info
 from mobilenets.train import bf16_supported
 
 RESULTS = Path(__file__).parent / "results"
@@ -123,7 +123,7 @@ def main() -> None:
         print(name, ", ".join(f"{k} {row[k + '_images_per_s']:.0f} img/s" for k in configs), flush=True)
 
     result = {"benchmark": "train_throughput", "torch": torch.__version__, "threads": args.threads,
-              "cpu": platform.processor() or platform.machine(), "rows": rows,
+              "machine": machine_info(), "rows": rows,
               "command": "python benchmarks/train_throughput.py " + " ".join(
                   f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
                   if k in ("models", "batch", "resolution", "steps", "threads", "rounds"))

@@ -19,6 +19,8 @@ from datagen import randomize_batchnorm
 from mobilenets import bench, deploy
 from mobilenets.checkpoint import save_model
 from mobilenets.cli import main
+from mobilenets.qat import reduce_range_default
+from mobilenets.train import bf16_supported
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -348,6 +350,12 @@ def test_export_int8_from_checkpoint_with_calibration_dataset(tmp_path, capsys):
     assert f"-> {path}" in out and "parity:" in out
     artifact = deploy.load_artifact(path)
     assert artifact.meta["int8"]["calibration_images"] == 16 and artifact.preprocessing == pre
+    assert artifact.meta["int8"]["reduce_range"] is reduce_range_default()
+    assert ("7-bit weights" in out) is reduce_range_default()
+    for flag, bits in (("--reduce-range", 64), ("--no-reduce-range", 127)):
+        assert main(["export", str(ckpt), "--int8", "--calibration-data", str(data),
+                     "--calibration-size", "16", flag, "-o", str(tmp_path / "r.onnx")]) == 0
+        assert deploy.load_artifact(tmp_path / "r.onnx").meta["int8"]["weight_range"] == bits
 
     # `eval` scores exports as they will serve: the float ONNX file like the checkpoint.
     assert main(["export", str(ckpt), "--format", "onnx"]) == 0
@@ -423,6 +431,11 @@ def test_bench_cli_json(capsys, monkeypatch):
     data = json.loads(out)
     assert data["model"] == "mobilenet_v3_small_minimal" and data["resolution"] == 32
     assert [r["backend"] for r in data["results"]] == ["eager"]
+    # Which fast paths the CPU has travels with the figures (bf16 autocast, VNNI int8).
+    isa = set(data["machine"]["isa"])
+    if isa:  # read from /proc/cpuinfo; torch asks the CPU itself
+        assert ("avx512_bf16" in isa or "amx_bf16" in isa) == bf16_supported()
+        assert ("avx512_vnni" in isa) == torch.cpu._is_vnni_supported()
 
 
 # ----------------------------------------------------------------------------- CLI errors
@@ -439,6 +452,7 @@ def checkpoint(tmp_path):
     (["--format", "onx"], "did you mean 'onnx'"),
     (["--format", "torchscript", "--int8", "--calibration-data", "x"], "int8 export is ONNX only"),
     (["--int8"], "--int8 needs --calibration-data"),
+    (["--reduce-range"], "--reduce-range chooses the int8 weight range; it needs --int8"),
     (["--int8", "--calibration-data", "/nonexistent/data"], "data not found"),
     (["--tolerance", "-1"], "tolerance must be a positive number, got -1.0"),
     (["--tolerance", "nan"], "tolerance must be a positive number, got nan"),

@@ -1,5 +1,6 @@
 """Same network as torchvision, timm and Keras: converted weights reproduce their logits."""
 
+import copy
 import pickle
 from pathlib import Path
 
@@ -24,13 +25,26 @@ def _source_kwargs(fx: dict) -> dict:
 
 
 def _assert_logits(model, fx):
+    """Our fp32 logits equal the reference's to 1e-5 of the largest logit, or, where the
+    network's own fp32 rounding error is larger than that, to a few times that error.
+
+    Deep random networks whose logits reach the thousands are ill-conditioned: two fp32
+    implementations that sum in different orders (this CPU's AVX2 kernels and the AVX-512
+    ones the references were made with, say) drift apart by about twice their rounding
+    error, measured here as our fp32 logits against our float64 ones. A wrong network
+    (a BatchNorm epsilon, a padding, an activation) misses by orders of magnitude more.
+    """
     x = torch.from_numpy(fixture_input(fx))
     with torch.no_grad():
         out = model(x).numpy()
+        exact = copy.deepcopy(model).double()(x.double()).numpy()
     ref = np.asarray(fx["logits"], dtype=np.float32)
     assert out.shape == ref.shape
-    err = np.abs(out - ref).max() / np.abs(ref).max()
-    assert err < 1e-5, f"relative error {err:.2e}"
+    scale = np.abs(ref).max()
+    err = np.abs(out - ref).max() / scale
+    rounding = np.abs(out - exact).max() / scale
+    assert rounding < 1e-3, f"fp32 rounding error {rounding:.2e} of the largest logit"
+    assert err < max(1e-5, 4 * rounding), f"relative error {err:.2e} (fp32 rounding {rounding:.2e})"
 
 
 def test_all_fixtures_present():

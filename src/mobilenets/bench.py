@@ -271,7 +271,12 @@ def machine_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    info: dict[str, Any] = {"cpu": cpu, "logical_cpus": os.cpu_count(),
+    from .qat import cpu_flags
+
+    # What decides the fast paths: bf16 autocast (AVX-512-BF16/AMX) and int8 (VNNI).
+    isa = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
+                                "amx_bf16", "amx_int8"})
+    info: dict[str, Any] = {"cpu": cpu, "isa": isa, "logical_cpus": os.cpu_count(),
                             "torch": torch.__version__, "python": platform.python_version()}
     load = load_average()
     if load is not None:

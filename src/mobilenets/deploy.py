@@ -542,15 +542,21 @@ def _is_spatial_mean(node: Any, attrs: dict[str, Any], inits: dict[str, Any]) ->
 
 def quantize_onnx(fp32: str | os.PathLike, output: str | os.PathLike,
                   images: Iterable[torch.Tensor], preprocessing: dict[str, Any],
-                  batch_size: int = 8) -> Path:
+                  batch_size: int = 8, reduce_range: bool | None = None) -> Path:
     """Post-training static int8 quantization of the ONNX file ``fp32`` into ``output``.
 
     QDQ format (QuantizeLinear/DequantizeLinear pairs around float ops, which onnxruntime
     fuses into int8 kernels, and which other runtimes can read), per-channel symmetric
     int8 weights, per-tensor uint8 activations whose ranges are the min/max observed on
     ``images`` (uint8 ``(C, H, W)`` tensors, a few hundred are plenty). The metadata of
-    ``fp32`` is carried over.
+    ``fp32`` is carried over, with the int8 settings added.
+
+    ``reduce_range`` rounds weights to [−64, 64] instead of [−127, 127], which x86 CPUs
+    without VNNI need to avoid int16 saturation in onnxruntime's kernels; by default it
+    follows this machine (:func:`mobilenets.qat.reduce_range_default`).
     """
+    from .qat import reduce_range_default, weight_qmax
+
     onnx, _ = _require_onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -560,13 +566,15 @@ def quantize_onnx(fp32: str | os.PathLike, output: str | os.PathLike,
     reader = ImageCalibrationReader(images, preprocessing, batch_size=batch_size)
     with tempfile.TemporaryDirectory(prefix="mobilenets-int8-") as tmp:
         rewritten, prepared, quantized = (Path(tmp) / n for n in ("a.onnx", "b.onnx", "c.onnx"))
+        if reduce_range is None:
+            reduce_range = reduce_range_default()
         onnx.save(int8_friendly(source), str(rewritten))
         # Shape inference and onnxruntime's graph clean-up, as its quantization guide asks.
         quant_pre_process(str(rewritten), str(prepared))
         try:
             quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, reduce_range=reduce_range,
                             calibrate_method=CalibrationMethod.MinMax)
         except ValueError as e:
             if reader.count == 0:  # onnxruntime: "No data is collected."
@@ -575,7 +583,8 @@ def quantize_onnx(fp32: str | os.PathLike, output: str | os.PathLike,
             raise
         proto = onnx.load(str(quantized))
     meta = json.loads(props.get(META_KEY, "{}"))
-    meta["int8"] = {"method": _INT8_NOTE, "calibration_images": reader.count}
+    meta["int8"] = {"method": _INT8_NOTE, "calibration_images": reader.count,
+                    "reduce_range": reduce_range, "weight_range": weight_qmax(reduce_range)}
     props[META_KEY] = json.dumps(meta, sort_keys=True)
     onnx.helper.set_model_props(proto, props)
     output = Path(output)
@@ -799,17 +808,23 @@ class ExportResult:
     int8: bool
     parity: Parity
     files: list[Path]
+    #: int8 only: whether the weights were rounded to 7 bits (:func:`quantize_onnx`).
+    reduce_range: bool | None = None
 
     def summary(self) -> str:
-        kind = "int8 ONNX" if self.int8 else self.format
+        kind = self.format
+        if self.int8:
+            kind = "int8 ONNX" + (" (7-bit weights, for x86 CPUs without VNNI)" if self.reduce_range else "")
         return f"exported {kind} -> {self.path}\nparity: {self.parity.summary()}"
 
 
-def _check_request(fmt: str, int8: bool) -> None:
+def _check_request(fmt: str, int8: bool, reduce_range: bool | None = None) -> None:
     check_choice("format", fmt, FORMATS)
     if int8 and fmt != "onnx":
         raise MobilenetsError(f"int8 export is ONNX only (onnxruntime quantization), "
                               f"not {fmt}; use --format onnx")
+    if reduce_range is not None and not int8:
+        raise MobilenetsError("--reduce-range chooses the int8 weight range; it needs --int8")
 
 
 def default_output(checkpoint: str | os.PathLike, fmt: str, int8: bool = False) -> Path:
@@ -836,7 +851,8 @@ def _check_tolerance(tolerance: float | None) -> None:
 def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
                  preprocessing: dict[str, Any], classes: Sequence[str] | None = None,
                  int8: bool = False, calibration_images: torch.Tensor | None = None,
-                 tolerance: float | None = None, extra_meta: dict[str, Any] | None = None) -> ExportResult:
+                 tolerance: float | None = None, extra_meta: dict[str, Any] | None = None,
+                 reduce_range: bool | None = None) -> ExportResult:
     """Export ``model`` as ``fmt`` to ``output``, reload it and check it against ``model``.
 
     ``calibration_images`` (uint8 ``(N, C, H, W)``) are required for ``int8`` and, when
@@ -844,8 +860,9 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
     matter); otherwise parity uses standard-normal inputs, which is what normalised images
     look like. Raises :class:`MobilenetsError` when the artifact differs from the model by
     more than ``tolerance`` (default :data:`FLOAT_TOLERANCE`, :data:`INT8_TOLERANCE`).
+    ``reduce_range``: 7-bit int8 weights, see :func:`quantize_onnx`.
     """
-    _check_request(fmt, int8)
+    _check_request(fmt, int8, reduce_range)
     if int8 and (calibration_images is None or len(calibration_images) == 0):
         raise MobilenetsError("int8 needs calibration images (--calibration-data PATH)")
     output = Path(output)
@@ -861,10 +878,14 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
     if fmt == "onnx":
         data = onnx_bytes(ready, preprocessing, meta)
         if int8:
+            if reduce_range is None:
+                from .qat import reduce_range_default
+                reduce_range = reduce_range_default()
             with tempfile.TemporaryDirectory(prefix="mobilenets-export-") as tmp:
                 fp32 = Path(tmp) / "fp32.onnx"
                 fp32.write_bytes(data)
-                quantize_onnx(fp32, staged, calibration_images, preprocessing)
+                quantize_onnx(fp32, staged, calibration_images, preprocessing,
+                              reduce_range=reduce_range)
         else:
             atomic_write_bytes(staged, data)
     else:
@@ -895,7 +916,7 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
                               f"{parity.summary()}; it is kept for inspection as {rejected}"
                               + (f", and {output} is unchanged" if output.exists() else ""))
     _move(staged, output)
-    return ExportResult(output, fmt, int8, parity, files)
+    return ExportResult(output, fmt, int8, parity, files, reduce_range)
 
 
 def _move(src: Path, dst: Path) -> None:
@@ -914,10 +935,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
                       output: str | os.PathLike | None = None, *, int8: bool = False,
                       calibration_data: str | os.PathLike | None = None,
                       calibration_size: int = 256,
-                      tolerance: float | None = None) -> ExportResult:
+                      tolerance: float | None = None,
+                      reduce_range: bool | None = None) -> ExportResult:
     """:func:`export_model` for a checkpoint file (or run directory), with its preprocessing
     and classes. An ``output`` that is a directory (or ends in ``/``) gets the default name."""
-    _check_request(fmt, int8)
+    _check_request(fmt, int8, reduce_range)
     _check_tolerance(tolerance)
     if Path(checkpoint).suffix in EXTENSIONS.values():
         raise MobilenetsError(f"{checkpoint} is already an export; export takes the .safetensors "
@@ -936,5 +958,5 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
               if calibration_data is not None else None)
     return export_model(model, fmt, output or default_output(checkpoint, fmt, int8),
                         preprocessing=preprocessing, classes=meta.get("classes"), int8=int8,
-                        calibration_images=images, tolerance=tolerance,
+                        calibration_images=images, tolerance=tolerance, reduce_range=reduce_range,
                         extra_meta={"holdout": meta["holdout"]} if "holdout" in meta else None)

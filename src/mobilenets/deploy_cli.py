@@ -38,6 +38,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="calibration images drawn from the training split (default 256)")
     p.add_argument("--tolerance", type=float,
                    help="largest allowed max|Δ| / max|logit| (default 1e-4 float, 0.25 int8)")
+    p.add_argument("--reduce-range", action=argparse.BooleanOptionalAction, default=None,
+                   help="int8 weights in 7 bits, which onnxruntime needs on x86 CPUs without "
+                        "VNNI to avoid int16 saturation (default: on exactly when this machine "
+                        "is such a CPU)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="latency, throughput and fraction of peak per backend",
@@ -65,7 +69,8 @@ def _export(args: argparse.Namespace) -> int:
 
     result = export_checkpoint(args.checkpoint, args.format, args.output, int8=args.int8,
                                calibration_data=args.calibration_data,
-                               calibration_size=args.calibration_size, tolerance=args.tolerance)
+                               calibration_size=args.calibration_size, tolerance=args.tolerance,
+                               reduce_range=args.reduce_range)
     print(result.summary())
     for extra in result.files[1:]:
         print(f"metadata -> {extra}")

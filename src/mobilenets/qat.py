@@ -2,7 +2,8 @@
 
 ``mobilenets export --int8`` quantizes a float checkpoint after training
 (:func:`mobilenets.deploy.quantize_onnx`): BatchNorm folded into the convolutions,
-per-output-channel symmetric int8 weights (scale ``max|w|/127``), per-tensor uint8
+per-output-channel symmetric int8 weights (scale ``max|w|/127``, or ``max|w|/64`` with
+``reduce_range`` on x86 CPUs without VNNI, see :func:`reduce_range_default`), per-tensor uint8
 activations whose range is the calibration min/max (always containing 0). Where that
 rounding costs too much accuracy, ``train --qat`` fine-tunes the float weights with the same
 rounding in the forward pass, so that they learn to sit well on the int8 grid (Jacob et al.
@@ -28,6 +29,7 @@ the head's linear layer), that of squeeze-excite's folded hard-sigmoid gate is n
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable
 
 import torch
@@ -39,6 +41,8 @@ from .layers import Conv2dSame, ConvNormAct
 
 #: onnxruntime's symmetric int8 weight range (``QuantType.QInt8`` with symmetric=True).
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
+#: Its range with ``reduce_range`` (7-bit weights; see :func:`reduce_range_default`).
+REDUCED_WEIGHT_QMAX = 64
 #: uint8 activations (``QuantType.QUInt8``, asymmetric).
 ACT_QMIN, ACT_QMAX = 0, 255
 #: Moving-average momentum of the activation ranges (Jacob et al. §3.1 use EMA ranges).
@@ -77,15 +81,52 @@ def round_trip(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: i
     return _RoundTrip.apply(x.float(), scale.float(), zero.float(), qmin, qmax).to(x.dtype)
 
 
-def fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
+def reduce_range_default() -> bool:
+    """Whether int8 weights should use 7 bits on this machine: True on x86 CPUs without VNNI.
+
+    There onnxruntime's uint8 × int8 kernels multiply with ``VPMADDUBSW``, which adds pairs
+    of products in saturating int16: with 8-bit weights two products can exceed 32767 and
+    the sum is clipped (onnxruntime's quantization guide recommends ``reduce_range`` on
+    such CPUs). With weights in [−64, 64] a pair stays below 2·255·64 = 32640. VNNI
+    (AVX-512 or AVX) accumulates in int32, and ARM has no such instruction, so both keep
+    the full range. The decision is the exporting machine's: export where the model runs,
+    or say ``reduce_range`` explicitly.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    flags = cpu_flags()
+    if flags:
+        return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return not torch.cpu._is_vnni_supported()
+
+
+def cpu_flags() -> set[str]:
+    """The instruction-set flags Linux lists in ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def weight_qmax(reduce_range: bool) -> int:
+    """The largest int8 weight magnitude onnxruntime's symmetric per-channel rounding uses."""
+    return REDUCED_WEIGHT_QMAX if reduce_range else WEIGHT_QMAX
+
+
+def fake_quant_weight(weight: torch.Tensor, qmax: int = WEIGHT_QMAX) -> torch.Tensor:
     """``weight`` rounded to int8 per output channel (dim 0) and back, as onnxruntime does.
 
-    The scale follows the weight (``max|w|/127``) without a gradient of its own; the
-    rounding passes gradients straight through.
+    The scale follows the weight (``max|w|/qmax``, ``qmax`` 127, or 64 with
+    ``reduce_range``) without a gradient of its own; the rounding passes gradients
+    straight through.
     """
     absmax = weight.detach().abs().amax(dim=tuple(range(1, weight.dim())), keepdim=True).float()
-    scale = (absmax / WEIGHT_QMAX).clamp_min(1e-12)
-    return round_trip(weight, scale, torch.zeros(()), WEIGHT_QMIN, WEIGHT_QMAX)
+    scale = (absmax / qmax).clamp_min(1e-12)
+    return round_trip(weight, scale, torch.zeros(()), -qmax, qmax)
 
 
 class ActivationQuant(nn.Module):
@@ -100,6 +141,8 @@ class ActivationQuant(nn.Module):
     def __init__(self, momentum: float = RANGE_MOMENTUM) -> None:
         super().__init__()
         self.momentum = momentum
+        #: The weight range of the layer this quantizer feeds (:func:`prepare_qat` sets it).
+        self.weight_qmax = WEIGHT_QMAX
         #: False while :func:`calibrate` records float ranges (no rounding, global min/max).
         self.quantize = True
         self.register_buffer("min_val", torch.zeros(()), persistent=False)
@@ -109,7 +152,7 @@ class ActivationQuant(nn.Module):
     def weights(self, weight: torch.Tensor) -> torch.Tensor:
         """The layer's weights as this quantizer's mode says: int8-rounded, or float while
         :func:`calibrate` observes the float network."""
-        return fake_quant_weight(weight) if self.quantize else weight
+        return fake_quant_weight(weight, self.weight_qmax) if self.quantize else weight
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """onnxruntime's uint8 scale and zero point for the current range."""
@@ -213,11 +256,13 @@ class QuantLinear(nn.Module):
 _QUANT_TYPES = (QuantConvNormAct, QuantConv2d, QuantLinear)
 
 
-def prepare_qat(model: nn.Module) -> nn.Module:
+def prepare_qat(model: nn.Module, reduce_range: bool | None = None) -> nn.Module:
     """Swap, in place, every layer the int8 export quantizes for its simulating twin.
 
     Parameters are shared, not copied, so an optimizer built before or after sees the same
-    tensors; ``model.state_dict()`` keeps its keys and values. Returns ``model``.
+    tensors; ``model.state_dict()`` keeps its keys and values. ``reduce_range`` (7-bit
+    weights) must be what the export will use: by default this machine's choice, as the
+    export's (:func:`reduce_range_default`). Returns ``model``.
     """
     if is_qat(model):
         raise MobilenetsError("the model is already prepared for quantization-aware training")
@@ -231,6 +276,10 @@ def prepare_qat(model: nn.Module) -> nn.Module:
                 setattr(parent, name, QuantConv2d(child))
             elif isinstance(child, nn.Linear):
                 setattr(parent, name, QuantLinear(child))
+    qmax = weight_qmax(reduce_range_default() if reduce_range is None else reduce_range)
+    for m in model.modules():
+        if isinstance(m, ActivationQuant):
+            m.weight_qmax = qmax
     return model
 
 
