@@ -1,15 +1,20 @@
-"""Single-kernel timings behind two choices in the library, measured side by side.
+"""Single-kernel timings behind three choices in the library, measured side by side.
 
-1. Depthwise convolutions stay in fp32 under CPU bf16 autocast (``ConvNormAct``): forward +
-   backward of depthwise layers of V3-Large at 28 px, fp32 vs bf16, channels-last.
-2. QAT rounds with its own straight-through function (``mobilenets.qat.round_trip``) instead
-   of ``torch.fake_quantize_per_tensor_affine``: forward + backward on a channels-last
-   activation.
+1. ``bf16``: depthwise convolutions stay in fp32 under CPU bf16 autocast (``ConvNormAct``):
+   forward + backward of depthwise layers of V3-Large at 28 px, fp32 vs bf16, channels-last.
+2. ``fake-quant``: QAT rounds with its own straight-through function
+   (``mobilenets.qat.round_trip``) instead of ``torch.fake_quantize_per_tensor_affine``:
+   forward + backward on a channels-last activation.
+3. ``small-map``: on AVX2 CPUs, the depthwise weight gradient of kernels wider than the map
+   is :class:`mobilenets.layers.SmallMapDepthwise`'s batched matmul instead of oneDNN's
+   kernel: the weight gradient alone, fp32 channels-last, for V3-Small's and V3-Large's 5×5
+   layers on the small-input stem's 4×4 maps, and a 7×7 map where the library keeps oneDNN's.
 
-Medians of interleaved repeats; writes ``benchmarks/results/cpu_kernels.json`` and prints
-Markdown tables.
+Medians of interleaved repeats; writes ``benchmarks/results/cpu_kernels.json`` (with the
+machine's CPU and instruction sets) and prints Markdown tables.
 
     python benchmarks/cpu_kernels.py --threads 1
+    python benchmarks/cpu_kernels.py --threads 2 --parts small-map --out benchmarks/results/cpu_kernels_avx2.json
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import json
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+from mobilenets.bench import machine_info
+from mobilenets.layers import SmallMapDepthwise
 from mobilenets.qat import round_trip
 
 RESULTS = Path(__file__).parent / "results"
@@ -69,25 +77,58 @@ def fake_quant_case(repeats: int) -> dict:
             "speedup": ms["torch"] / ms["mobilenets"]}
 
 
+#: (batch, channels, size, kernel) of 5×5 stride-1 depthwise layers at the trainer's batch.
+SMALL_MAPS = [(256, 576, 4, 5), (256, 960, 4, 5), (256, 576, 7, 5)]
+
+
+def small_map_case(n: int, c: int, size: int, k: int, repeats: int) -> dict:
+    x = torch.randn(n, c, size, size).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(c, 1, k, k)
+    grad = torch.randn(n, c, size, size).contiguous(memory_format=torch.channels_last)
+    ctx = SimpleNamespace(saved_tensors=(x, w), stride=(1, 1), padding=(k // 2, k // 2),
+                          needs_input_grad=(False, True))
+    fns = {"onednn": lambda: torch.ops.aten.convolution_backward(
+               grad, x, w, None, (1, 1), (k // 2, k // 2), (1, 1), False, (0, 0), c, (False, True, False)),
+           "mobilenets": lambda: SmallMapDepthwise.backward(ctx, grad)}
+    ms = median_ms(fns, repeats)
+    return {"shape": [n, c, size, size], "kernel": k, "onednn_ms": ms["onednn"],
+            "mobilenets_ms": ms["mobilenets"], "speedup": ms["onednn"] / ms["mobilenets"],
+            "library_uses_it": size < k}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--parts", default="bf16,fake-quant,small-map",
+                   help="comma-separated, from bf16, fake-quant, small-map (default all)")
     p.add_argument("--out", default=str(RESULTS / "cpu_kernels.json"))
     args = p.parse_args()
+    parts = set(args.parts.split(","))
+    if parts - {"bf16", "fake-quant", "small-map"}:
+        p.error(f"unknown --parts {', '.join(sorted(parts - {'bf16', 'fake-quant', 'small-map'}))}")
     torch.set_num_threads(args.threads)
-    dw = [depthwise_case(*case, repeats=args.repeats) for case in DEPTHWISE]
-    fq = fake_quant_case(args.repeats)
+    result: dict = {"threads": args.threads, "torch": torch.__version__, "machine": machine_info()}
+    if "bf16" in parts:
+        result["depthwise"] = dw = [depthwise_case(*case, repeats=args.repeats) for case in DEPTHWISE]
+        print("| depthwise layer (N, C, H, W), k, s | fp32 ms | bf16 ms | bf16 / fp32 |\n|---|---:|---:|---:|")
+        for r in dw:
+            print(f"| {tuple(r['shape'])}, {r['kernel']}, {r['stride']} | {r['fp32_ms']:.1f} | "
+                  f"{r['bf16_ms']:.1f} | ×{r['bf16_slowdown']:.1f} |")
+    if "fake-quant" in parts:
+        result["fake_quant"] = fq = fake_quant_case(args.repeats)
+        print(f"\nfake quantization of {tuple(fq['shape'])} channels-last, forward + backward: torch "
+              f"{fq['torch_ms']:.1f} ms, mobilenets {fq['mobilenets_ms']:.1f} ms (×{fq['speedup']:.1f})")
+    if "small-map" in parts:
+        result["small_map"] = sm = [small_map_case(*case, repeats=args.repeats) for case in SMALL_MAPS]
+        print("\n| depthwise weight gradient (N, C, H, W), k | oneDNN ms | SmallMapDepthwise ms | "
+              "speed-up | used by the library on AVX2 |\n|---|---:|---:|---:|---|")
+        for r in sm:
+            print(f"| {tuple(r['shape'])}, {r['kernel']} | {r['onednn_ms']:.1f} | {r['mobilenets_ms']:.1f} | "
+                  f"×{r['speedup']:.1f} | {'yes' if r['library_uses_it'] else 'no'} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"threads": args.threads, "torch": torch.__version__, "depthwise": dw,
-                               "fake_quant": fq}, indent=2) + "\n")
-    print("| depthwise layer (N, C, H, W), k, s | fp32 ms | bf16 ms | bf16 / fp32 |\n|---|---:|---:|---:|")
-    for r in dw:
-        print(f"| {tuple(r['shape'])}, {r['kernel']}, {r['stride']} | {r['fp32_ms']:.1f} | "
-              f"{r['bf16_ms']:.1f} | ×{r['bf16_slowdown']:.1f} |")
-    print(f"\nfake quantization of {tuple(fq['shape'])} channels-last, forward + backward: torch "
-          f"{fq['torch_ms']:.1f} ms, mobilenets {fq['mobilenets_ms']:.1f} ms (×{fq['speedup']:.1f})")
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ For each model, the same training step (forward, cross-entropy, backward, optimi
 the same batches is timed in two configurations, alternating A/B within one run so both
 see the same machine state:
 
-* plain: NCHW, fp32, ``torch.optim.SGD`` with its defaults;
-* optimised: channels_last memory format, the fused SGD kernel, fp32 (the trainer's default);
+* plain: NCHW, fp32, ``torch.optim.SGD`` with its defaults, oneDNN's kernels throughout;
+* optimised: channels_last memory format, the fused SGD kernel, fp32 (the trainer's default
+  where the CPU has no native bf16), and on AVX2 CPUs the library's depthwise weight
+  gradient for kernels wider than the map (:class:`mobilenets.layers.SmallMapDepthwise`);
 * optimised + bf16: the same under bf16 autocast (where the CPU has native bf16);
 * with ``--compile``, also optimised + bf16 + ``torch.compile`` of the model (compiled in
   the warm-up, untimed): a candidate for the trainer, which does not use it while it is
@@ -33,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import mobilenets
+from mobilenets import layers
 from mobilenets.bench import machine_info
 from mobilenets.train import bf16_supported
 
@@ -55,6 +58,8 @@ def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resoluti
     forward = torch.compile(model, dynamic=False) if compile else model
 
     def step() -> float:
+        # The plain baseline keeps oneDNN's depthwise weight gradient everywhere.
+        layers.SMALL_MAP_WGRAD = None if optimised else False
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             logits = forward(x)

@@ -208,6 +208,57 @@ def test_cpu_bf16_autocast_keeps_depthwise_convolutions_in_fp32(name):
         assert model(torch.randn(1, 3, 32, 32)).dtype == torch.float32
 
 
+@pytest.mark.parametrize("shape,kernel,stride,padding", [
+    ((3, 6, 4, 4), 5, 1, 2),  # V3's 5×5 layers on the small-input stem's 4×4 maps
+    ((2, 5, 4, 3), 5, 2, 2),  # stride 2, a map that is not square
+    ((2, 4, 2, 2), 3, 1, 1),
+    ((2, 4, 5, 5), 3, 2, 0),  # what Conv2dSame passes, the input already padded
+])
+def test_small_map_depthwise_gradients_equal_the_native_ones(shape, kernel, stride, padding):
+    from mobilenets.layers import SmallMapDepthwise
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, dtype=torch.float64, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(shape[1], 1, kernel, kernel, dtype=torch.float64, generator=g)
+    grads = []
+    for fn in (lambda a, b: torch.nn.functional.conv2d(a, b, None, stride, padding, 1, shape[1]),
+               lambda a, b: SmallMapDepthwise.apply(a, b, (stride, stride), (padding, padding))):
+        a, b = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = fn(a, b)
+        out.backward(torch.linspace(-1, 1, out.numel(), dtype=torch.float64).view_as(out))
+        grads.append((out, a.grad, b.grad))
+    for native, ours in zip(*grads):
+        torch.testing.assert_close(ours, native, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("padding", ["symmetric", "same"])
+def test_small_map_depthwise_path_trains_the_same_network(monkeypatch, padding):
+    """Where the CPU needs it (AVX2), depthwise layers whose kernel is wider than the map
+    take :class:`SmallMapDepthwise`'s weight gradient; forced on here, a training step
+    gives the native path's loss and gradients."""
+    from mobilenets import layers
+
+    calls = []
+    apply = layers.SmallMapDepthwise.apply
+    monkeypatch.setattr(layers.SmallMapDepthwise, "apply", lambda *a: calls.append(a[0].shape) or apply(*a))
+    torch.manual_seed(0)
+    model = mobilenets.create_model("mobilenet_v3_small", num_classes=4, in_chans=1, small_input=True,
+                                    padding=padding, **SMALL).train()
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    results = []
+    for forced in (False, True):
+        monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", forced)
+        copy = __import__("copy").deepcopy(model)
+        torch.manual_seed(1)  # the same dropout mask
+        loss = copy(x).logsumexp(1).sum()
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in copy.parameters()]))
+    assert calls and all(max(s[-2:]) < 5 for s in calls)  # the 4×4 maps of the last stage
+    torch.testing.assert_close(results[1][0], results[0][0])
+    for ours, native in zip(results[1][1], results[0][1]):
+        torch.testing.assert_close(ours, native, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("width", [float("nan"), float("inf"), 0.0, -1.0, 1e6])
 def test_width_multipliers_that_are_not_sane_numbers_are_refused(width):
     """A typo must not end in a traceback, nor in an attempt to allocate terabytes."""

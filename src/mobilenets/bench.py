@@ -263,15 +263,9 @@ def load_average() -> float | None:
 
 def machine_info() -> dict[str, Any]:
     """CPU model and software versions, so results can be compared across runs."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from .qat import cpu_flags
+    from .qat import cpu_flags, cpuinfo
+
+    cpu = cpuinfo("model name") or platform.processor() or platform.machine()
 
     # What decides the fast paths: bf16 autocast (AVX-512-BF16/AMX) and int8 (VNNI).
     isa = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",

@@ -7,6 +7,7 @@ state-dict keys read ``...dw.conv.weight``, ``...dw.bn.running_var``.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from typing import Literal
 
@@ -89,24 +90,113 @@ class ConvNormAct(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():
-            if self.depthwise and x.device.type == "cpu" and torch.is_autocast_enabled("cpu") \
-                    and self.conv.weight.dtype == torch.float32:  # not for a model cast to bf16
-                return self._fp32_depthwise(x)
+            if self.depthwise and x.device.type == "cpu":
+                return self._cpu_depthwise(x)
         for layer in self:
             x = layer(x)
         return x
 
     @torch.jit.unused
-    def _fp32_depthwise(self, x: torch.Tensor) -> torch.Tensor:
-        """Under CPU autocast, the depthwise convolution in fp32: oneDNN's bf16 depthwise
-        kernels measured up to 17× slower than its fp32 ones (forward + backward,
+    def _cpu_depthwise(self, x: torch.Tensor) -> torch.Tensor:
+        """The depthwise layer on the CPU, around two gaps in oneDNN's kernels.
+
+        Under CPU autocast the convolution runs in fp32: oneDNN's bf16 depthwise kernels
+        measured up to 17× slower than its fp32 ones (forward + backward,
         ``benchmarks/cpu_kernels.py``), while the pointwise convolutions, where bf16 pays,
-        stay under autocast."""
-        with torch.autocast("cpu", enabled=False):
-            x = self.conv(x.float())
+        stay under autocast (not for a model cast to bf16). In training, see
+        :func:`depthwise_conv2d`.
+        """
+        if torch.is_autocast_enabled("cpu") and self.conv.weight.dtype == torch.float32:
+            with torch.autocast("cpu", enabled=False):
+                x = depthwise_conv2d(self.conv, x.float())
+        else:
+            x = depthwise_conv2d(self.conv, x)
         for layer in list(self)[1:]:
             x = layer(x)
         return x
+
+
+def depthwise_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for a depthwise ``conv``, with :class:`SmallMapDepthwise`'s weight gradient
+    where oneDNN's is slow: on AVX2 CPUs (without AVX-512), when the kernel is wider than the map
+    (V3's 5×5 layers on the 4×4 maps of the small-input stem; the AVX-512 kernels were
+    never slow there, so they are kept)."""
+    if not (torch.is_grad_enabled() and conv.weight.requires_grad and conv.bias is None
+            and conv.dilation == (1, 1) and max(x.shape[-2:]) < max(conv.kernel_size)
+            and _wgrad_needs_help()):
+        return conv(x)
+    if isinstance(conv, Conv2dSame):
+        return SmallMapDepthwise.apply(conv.pad(x), conv.weight, conv.stride, (0, 0))
+    return SmallMapDepthwise.apply(x, conv.weight, conv.stride, conv.padding)
+
+
+#: Whether :func:`depthwise_conv2d` may use :class:`SmallMapDepthwise`: ``None`` decides by
+#: the CPU; ``False`` keeps oneDNN's kernels (the training benchmark's plain baseline).
+SMALL_MAP_WGRAD: bool | None = None
+
+
+def _wgrad_needs_help() -> bool:
+    return _is_avx2_cpu() if SMALL_MAP_WGRAD is None else SMALL_MAP_WGRAD
+
+
+@functools.cache
+def _is_avx2_cpu() -> bool:
+    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+
+class SmallMapDepthwise(torch.autograd.Function):
+    """A depthwise convolution (no bias) whose weight gradient is one batched matmul.
+
+    On AVX2 CPUs oneDNN's depthwise weight gradient takes 122 ms for V3-Small's 576-channel
+    5×5 layer on a 256 × 4×4 batch (2 threads), where the forward takes 1.3 ms; this takes
+    21 ms (``benchmarks/cpu_kernels.py --parts small-map``). On such small maps every output pixel meets every
+    input pixel, so per channel ``M = Σₙ grad[n]ᵀ x[n]`` (an ``(HₒWₒ) × (HW)`` matrix) holds
+    every product the gradient needs, and each tap sums a fixed subset of its entries
+    (:func:`_tap_selection`). The input gradient is oneDNN's, which is fast.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int],
+                padding: tuple[int, int]) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv2d(x, weight, None, stride, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), False, (0, 0),
+                weight.shape[0], (True, False, False))[0]
+        if ctx.needs_input_grad[1]:
+            n, c, h, w = x.shape
+            ho, wo = grad.shape[-2:]
+            kh, kw = weight.shape[-2:]
+            # (N, C, H, W) in any memory format → (C, N, H·W): one 2-D transpose of NHWC.
+            xs = x.permute(0, 2, 3, 1).reshape(n * h * w, c).t().contiguous().view(c, n, h * w)
+            gs = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, c).t().contiguous().view(c, n, ho * wo)
+            products = torch.bmm(gs.transpose(1, 2), xs).view(c, ho * wo * h * w)
+            taps = _tap_selection(ho, wo, h, w, kh, kw, *ctx.stride, *ctx.padding)
+            grad_w = (products @ taps.to(products.dtype)).view(c, 1, kh, kw).to(weight.dtype)
+        return grad_x, grad_w, None, None
+
+
+@functools.cache
+def _tap_selection(ho: int, wo: int, h: int, w: int, kh: int, kw: int, sh: int, sw: int,
+                   ph: int, pw: int) -> torch.Tensor:
+    """The 0/1 matrix mapping (output pixel, input pixel) pairs to the kernel tap that
+    joins them: tap (i, j) joins output (y, x) to input (y·sh + i − ph, x·sw + j − pw)."""
+    taps = torch.zeros(ho * wo * h * w, kh * kw)
+    for y in range(ho):
+        for x in range(wo):
+            for i in range(kh):
+                for j in range(kw):
+                    iy, ix = y * sh + i - ph, x * sw + j - pw
+                    if 0 <= iy < h and 0 <= ix < w:
+                        taps[((y * wo + x) * h + iy) * w + ix, i * kw + j] = 1
+    return taps
 
 
 class SqueezeExcite(nn.Module):

@@ -102,14 +102,19 @@ def reduce_range_default() -> bool:
 
 def cpu_flags() -> set[str]:
     """The instruction-set flags Linux lists in ``/proc/cpuinfo`` (empty elsewhere)."""
+    return set((cpuinfo("flags") or "").split())
+
+
+def cpuinfo(field: str) -> str | None:
+    """The first CPU's ``field`` in Linux's ``/proc/cpuinfo`` (``None`` elsewhere)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(field) and ":" in line:
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return set()
+    return None
 
 
 def weight_qmax(reduce_range: bool) -> int:
