@@ -118,9 +118,10 @@ class ConvNormAct(nn.Sequential):
 
 def depthwise_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for a depthwise ``conv``, with :class:`SmallMapDepthwise`'s weight gradient
-    where oneDNN's is slow: on AVX2 CPUs (without AVX-512), when the kernel is wider than the map
-    (V3's 5×5 layers on the 4×4 maps of the small-input stem; the AVX-512 kernels were
-    never slow there, so they are kept)."""
+    where oneDNN's is slow: on AVX2 CPUs (without AVX-512), when the kernel is wider than
+    the map (V3's 5×5 layers on the 4×4 maps of the small-input stem). Profiles of the
+    training step on an AVX-512 CPU never showed these layers, so oneDNN's kernels are
+    kept there."""
     if not (torch.is_grad_enabled() and conv.weight.requires_grad and conv.bias is None
             and conv.dilation == (1, 1) and max(x.shape[-2:]) < max(conv.kernel_size)
             and _wgrad_needs_help()):
@@ -149,10 +150,11 @@ class SmallMapDepthwise(torch.autograd.Function):
 
     On AVX2 CPUs oneDNN's depthwise weight gradient takes 122 ms for V3-Small's 576-channel
     5×5 layer on a 256 × 4×4 batch (2 threads), where the forward takes 1.3 ms; this takes
-    21 ms (``benchmarks/cpu_kernels.py --parts small-map``). On such small maps every output pixel meets every
-    input pixel, so per channel ``M = Σₙ grad[n]ᵀ x[n]`` (an ``(HₒWₒ) × (HW)`` matrix) holds
-    every product the gradient needs, and each tap sums a fixed subset of its entries
-    (:func:`_tap_selection`). The input gradient is oneDNN's, which is fast.
+    21 ms (``benchmarks/cpu_kernels.py --parts small-map``). On such small maps every
+    output pixel meets every input pixel, so per channel ``M = Σₙ grad[n]ᵀ x[n]`` (an
+    ``(HₒWₒ) × (HW)`` matrix) holds every product the gradient needs, and each tap sums a
+    fixed subset of its entries (:func:`_tap_selection`). The input gradient is oneDNN's,
+    which is fast.
     """
 
     @staticmethod
