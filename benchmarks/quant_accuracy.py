@@ -32,6 +32,7 @@ import torch
 
 from mobilenets import deploy
 from mobilenets.bench import machine_info
+from mobilenets.qat import weight_qmax
 from mobilenets.checkpoint import load_model
 from mobilenets.train import TrainConfig, train
 
@@ -82,8 +83,8 @@ def accuracies(checkpoint: str, data: str, calibration_size: int, threads: int,
             "int8_agrees_with_float": float((pred["onnx_int8"] == pred["pytorch"]).mean()),
             "bf16_agrees_with_float": float((pred["pytorch_bf16"] == pred["pytorch"]).mean()),
             "parity_fp32": fp32.parity.summary(), "parity_int8": int8.parity.summary(),
-            "int8_weight_range": 64 if int8.reduce_range else 127, "machine": machine_info(),
-            **({"other_weight_range": 64 if other.reduce_range else 127,
+            "int8_weight_range": weight_qmax(int8.reduce_range), "machine": machine_info(),
+            **({"other_weight_range": weight_qmax(other.reduce_range),
                 "parity_int8_other_range": other.parity.summary(),
                 "other_range_passes_parity": other.parity.relative <= deploy.INT8_TOLERANCE}
                if other is not None else {})}
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['int8_agrees_with_float']:.2%} | {qat} |")
     for r in rows:
         if "acc_onnx_int8_other_range" in r:
-            bits = {64: "7-bit", 127: "8-bit"}
+            bits = {weight_qmax(True): "7-bit", weight_qmax(False): "8-bit"}
             print(f"\n{r['checkpoint']}: int8 with {bits[r['int8_weight_range']]} weights (this CPU's "
                   f"choice) {r['acc_onnx_int8']:.2%}, with {bits[r['other_weight_range']]} weights "
                   f"{r['acc_onnx_int8_other_range']:.2%} (parity "

@@ -1,5 +1,6 @@
 """The model contract, checked for every registered model (STYLE §4 checklist)."""
 
+import copy
 import math
 
 import pytest
@@ -248,11 +249,11 @@ def test_small_map_depthwise_path_trains_the_same_network(monkeypatch, padding):
     results = []
     for forced in (False, True):
         monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", forced)
-        copy = __import__("copy").deepcopy(model)
+        net = copy.deepcopy(model)
         torch.manual_seed(1)  # the same dropout mask
-        loss = copy(x).logsumexp(1).sum()
+        loss = net(x).logsumexp(1).sum()
         loss.backward()
-        results.append((loss.detach(), [p.grad for p in copy.parameters()]))
+        results.append((loss.detach(), [p.grad for p in net.parameters()]))
     assert calls and all(max(s[-2:]) < 5 for s in calls)  # the 4×4 maps of the last stage
     torch.testing.assert_close(results[1][0], results[0][0])
     for ours, native in zip(results[1][1], results[0][1]):

@@ -37,11 +37,14 @@ def _assert_logits(model, fx):
     x = torch.from_numpy(fixture_input(fx))
     with torch.no_grad():
         out = model(x).numpy()
-        exact = copy.deepcopy(model).double()(x.double()).numpy()
     ref = np.asarray(fx["logits"], dtype=np.float32)
     assert out.shape == ref.shape
     scale = np.abs(ref).max()
     err = np.abs(out - ref).max() / scale
+    if err < 1e-5:
+        return
+    with torch.no_grad():  # the float64 run only where the 1e-5 bound is not met
+        exact = copy.deepcopy(model).double()(x.double()).numpy()
     rounding = np.abs(out - exact).max() / scale
     assert rounding < 1e-3, f"fp32 rounding error {rounding:.2e} of the largest logit"
     assert err < max(1e-5, 4 * rounding), f"relative error {err:.2e} (fp32 rounding {rounding:.2e})"
