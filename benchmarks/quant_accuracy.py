@@ -16,7 +16,7 @@ into ``benchmarks/results/quant_accuracy.json`` (keyed by checkpoint path).
 
 ``--both-weight-ranges`` also scores int8 with the weight range this CPU does not pick:
 8-bit weights on x86 CPUs without VNNI, where onnxruntime's kernels saturate and the
-exporter uses 7-bit ones (:func:`mobilenets.qat.reduce_range_default`), or 7-bit elsewhere.
+exporter uses 7-bit ones (:func:`mobilenets.cpu.reduce_range_default`), or 7-bit elsewhere.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 import mobilenets
 from mobilenets import layers
 from mobilenets.bench import machine_info
-from mobilenets.train import bf16_supported
+from mobilenets.cpu import bf16_supported
 
 RESULTS = Path(__file__).parent / "results"
 

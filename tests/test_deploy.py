@@ -19,8 +19,7 @@ from datagen import randomize_batchnorm
 from mobilenets import bench, deploy
 from mobilenets.checkpoint import save_model
 from mobilenets.cli import main
-from mobilenets.qat import reduce_range_default
-from mobilenets.train import bf16_supported
+from mobilenets.cpu import bf16_supported, reduce_range_default
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -606,9 +605,9 @@ def test_bf16_inference_of_a_features_only_model_returns_float_maps():
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
                     reason="torch.compile's CPU backend needs a C++ compiler")
 def test_bench_compile_bf16_backend_computes_the_models_logits_in_bf16(tmp_path, monkeypatch):
-    from mobilenets import train as train_module
+    from mobilenets import cpu
 
-    monkeypatch.setattr(train_module, "bf16_supported", lambda: True)  # bf16 runs anywhere, slowly
+    monkeypatch.setattr(cpu, "bf16_supported", lambda: True)  # bf16 runs anywhere, slowly
     backends = bench._Backends(tiny("mobilenet_v3_small"), 32, 1, tmp_path, PRE)
     got, expected = backends.runner("compile-bf16", 1)(), backends.runner("eager", 1)()  # autotuned
     assert got.dtype == torch.float32
@@ -618,9 +617,9 @@ def test_bench_compile_bf16_backend_computes_the_models_logits_in_bf16(tmp_path,
 
 
 def test_bench_lists_compile_bf16_as_unavailable_without_bf16_instructions(monkeypatch):
-    from mobilenets import train as train_module
+    from mobilenets import cpu
 
-    monkeypatch.setattr(train_module, "bf16_supported", lambda: False)
+    monkeypatch.setattr(cpu, "bf16_supported", lambda: False)
     monkeypatch.setattr(bench, "WARMUP_SECONDS", 0.01)
     report = bench.benchmark(tiny("mobilenet_v3_small"), batches=(1,), resolution=32,
                              backends=("eager", "compile-bf16"), threads=1, seconds=0.05, peak_size=64)

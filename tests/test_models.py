@@ -260,6 +260,28 @@ def test_small_map_depthwise_path_trains_the_same_network(monkeypatch, padding):
         torch.testing.assert_close(ours, native, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("forced", [None, True], ids=["this-cpu", "small-map"])
+def test_training_graph_compiles_whole_with_either_depthwise_path(monkeypatch, forced):
+    """``torch.compile`` traces the training model as one graph (no break at the depthwise
+    layers' CPU checks), with :class:`SmallMapDepthwise`'s weight gradient as one custom
+    operator, and the compiled step's gradients are the eager ones."""
+    from mobilenets import layers
+
+    monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", forced)
+    torch.manual_seed(0)
+    model = mobilenets.create_model("mobilenet_v3_small", num_classes=4, in_chans=1, small_input=True,
+                                    dropout=0.0, **SMALL).train()
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    explained = torch._dynamo.explain(copy.deepcopy(model))(x)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    grads = []
+    for net in (copy.deepcopy(model), torch.compile(copy.deepcopy(model), backend="aot_eager")):
+        net(x).logsumexp(1).sum().backward()
+        grads.append([p.grad for p in net.parameters()])
+    for ours, native in zip(*grads):
+        torch.testing.assert_close(ours, native, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("width", [float("nan"), float("inf"), 0.0, -1.0, 1e6])
 def test_width_multipliers_that_are_not_sane_numbers_are_refused(width):
     """A typo must not end in a traceback, nor in an attempt to allocate terabytes."""

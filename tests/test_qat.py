@@ -14,9 +14,10 @@ from datagen import make_idx_dir, randomize_batchnorm
 from mobilenets import MobilenetsError, deploy
 from mobilenets.checkpoint import load_model, read_checkpoint
 from mobilenets.cli import main
-from mobilenets import qat
+from mobilenets import cpu, qat
+from mobilenets.cpu import reduce_range_default
 from mobilenets.qat import (ActivationQuant, QuantConvNormAct, calibrate, fake_quant_weight, is_qat, prepare_qat,
-                            reduce_range_default, weight_qmax)
+                            weight_qmax)
 from mobilenets.train import TrainConfig, train
 
 pytest.importorskip("onnxruntime")
@@ -109,8 +110,8 @@ def test_calibrated_simulation_is_what_onnxruntime_runs(name, reduce_range, tmp_
     ("aarch64", set(), False),
 ])
 def test_reduce_range_only_where_onnxruntime_would_saturate(monkeypatch, machine, flags, expected):
-    monkeypatch.setattr(qat.platform, "machine", lambda: machine)
-    monkeypatch.setattr(qat, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    monkeypatch.setattr(cpu, "flags", lambda: frozenset(flags))
     assert reduce_range_default() is expected
     q = prepare_qat(_net("mobilenet_v3_small"))
     assert {m.weight_qmax for m in q.modules() if isinstance(m, ActivationQuant)} == {64 if expected else 127}

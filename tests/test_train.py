@@ -365,7 +365,7 @@ def test_classes_absent_from_the_evaluation_data_have_no_accuracy(tmp_path, caps
 def test_bf16_supported_asks_for_the_bf16_instructions_by_name():
     """Plain AVX-512 CPUs emulate bf16 (slower than fp32): ``auto`` precision and the
     ``compile-bf16`` bench backend need AVX-512-BF16 or AMX, as /proc/cpuinfo names them."""
-    from mobilenets.train import bf16_supported
+    from mobilenets.cpu import bf16_supported
 
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():

@@ -263,14 +263,10 @@ def load_average() -> float | None:
 
 def machine_info() -> dict[str, Any]:
     """CPU model and software versions, so results can be compared across runs."""
-    from .qat import cpu_flags, cpuinfo
+    from . import cpu
 
-    cpu = cpuinfo("model name") or platform.processor() or platform.machine()
-
-    # What decides the fast paths: bf16 autocast (AVX-512-BF16/AMX) and int8 (VNNI).
-    isa = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni",
-                                "amx_bf16", "amx_int8"})
-    info: dict[str, Any] = {"cpu": cpu, "isa": isa, "logical_cpus": os.cpu_count(),
+    name = cpu.cpuinfo("model name") or platform.processor() or platform.machine()
+    info: dict[str, Any] = {"cpu": name, "isa": cpu.recorded_isa(), "logical_cpus": os.cpu_count(),
                             "torch": torch.__version__, "python": platform.python_version()}
     load = load_average()
     if load is not None:
@@ -347,7 +343,7 @@ class _Backends:
             elif backend == "compile":
                 module = torch.compile(self.ready_cl, dynamic=False, options=compile_options(batch))
             elif backend == "compile-bf16":
-                from .train import bf16_supported
+                from .cpu import bf16_supported
 
                 if not bf16_supported():
                     raise MobilenetsError("this CPU has no native bf16 instructions (AVX-512-BF16 or AMX)")

@@ -553,9 +553,10 @@ def quantize_onnx(fp32: str | os.PathLike, output: str | os.PathLike,
 
     ``reduce_range`` rounds weights to [−64, 64] instead of [−127, 127], which x86 CPUs
     without VNNI need to avoid int16 saturation in onnxruntime's kernels; by default it
-    follows this machine (:func:`mobilenets.qat.reduce_range_default`).
+    follows this machine (:func:`mobilenets.cpu.reduce_range_default`).
     """
-    from .qat import reduce_range_default, weight_qmax
+    from .cpu import reduce_range_default
+    from .qat import weight_qmax
 
     onnx, _ = _require_onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -879,7 +880,7 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
         data = onnx_bytes(ready, preprocessing, meta)
         if int8:
             if reduce_range is None:
-                from .qat import reduce_range_default
+                from .cpu import reduce_range_default
                 reduce_range = reduce_range_default()
             with tempfile.TemporaryDirectory(prefix="mobilenets-export-") as tmp:
                 fp32 = Path(tmp) / "fp32.onnx"

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu
 from .conventions import Padding
 
 #: The papers' nonlinearity notation (V3 Tables 1-2 "NL" column), mapped once to modules.
@@ -137,12 +138,7 @@ SMALL_MAP_WGRAD: bool | None = None
 
 
 def _wgrad_needs_help() -> bool:
-    return _is_avx2_cpu() if SMALL_MAP_WGRAD is None else SMALL_MAP_WGRAD
-
-
-@functools.cache
-def _is_avx2_cpu() -> bool:
-    return torch.backends.cpu.get_cpu_capability() == "AVX2"
+    return cpu.AVX2_ONLY if SMALL_MAP_WGRAD is None else SMALL_MAP_WGRAD
 
 
 class SmallMapDepthwise(torch.autograd.Function):
@@ -173,16 +169,33 @@ class SmallMapDepthwise(torch.autograd.Function):
                 grad, x, weight, None, ctx.stride, ctx.padding, (1, 1), False, (0, 0),
                 weight.shape[0], (True, False, False))[0]
         if ctx.needs_input_grad[1]:
-            n, c, h, w = x.shape
-            ho, wo = grad.shape[-2:]
-            kh, kw = weight.shape[-2:]
-            # (N, C, H, W) in any memory format → (C, N, H·W): one 2-D transpose of NHWC.
-            xs = x.permute(0, 2, 3, 1).reshape(n * h * w, c).t().contiguous().view(c, n, h * w)
-            gs = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, c).t().contiguous().view(c, n, ho * wo)
-            products = torch.bmm(gs.transpose(1, 2), xs).view(c, ho * wo * h * w)
-            taps = _tap_selection(ho, wo, h, w, kh, kw, *ctx.stride, *ctx.padding)
-            grad_w = (products @ taps.to(products.dtype)).view(c, 1, kh, kw).to(weight.dtype)
+            grad_w = small_map_depthwise_wgrad(grad, x, weight.shape[-2], weight.shape[-1],
+                                               list(ctx.stride), list(ctx.padding)).to(weight.dtype)
         return grad_x, grad_w, None, None
+
+
+@torch.library.custom_op("mobilenets::small_map_depthwise_wgrad", mutates_args=())
+def small_map_depthwise_wgrad(grad: torch.Tensor, x: torch.Tensor, kh: int, kw: int,
+                              stride: list[int], padding: list[int]) -> torch.Tensor:
+    """:class:`SmallMapDepthwise`'s weight gradient, ``(C, 1, kh, kw)`` in ``x``'s dtype.
+
+    A custom operator, so that ``torch.compile`` calls it as one opaque kernel instead of
+    tracing the Python that builds the tap selection.
+    """
+    n, c, h, w = x.shape
+    ho, wo = grad.shape[-2:]
+    # (N, C, H, W) in any memory format → (C, N, H·W): one 2-D transpose of NHWC.
+    xs = x.permute(0, 2, 3, 1).reshape(n * h * w, c).t().contiguous().view(c, n, h * w)
+    gs = grad.permute(0, 2, 3, 1).reshape(n * ho * wo, c).t().contiguous().view(c, n, ho * wo)
+    products = torch.bmm(gs.transpose(1, 2), xs).view(c, ho * wo * h * w)
+    taps = _tap_selection(ho, wo, h, w, kh, kw, *stride, *padding)
+    return (products @ taps.to(products.dtype)).view(c, 1, kh, kw)
+
+
+@small_map_depthwise_wgrad.register_fake
+def _(grad: torch.Tensor, x: torch.Tensor, kh: int, kw: int, stride: list[int],
+      padding: list[int]) -> torch.Tensor:
+    return x.new_empty((x.shape[1], 1, kh, kw))
 
 
 @functools.cache

@@ -3,7 +3,7 @@
 ``mobilenets export --int8`` quantizes a float checkpoint after training
 (:func:`mobilenets.deploy.quantize_onnx`): BatchNorm folded into the convolutions,
 per-output-channel symmetric int8 weights (scale ``max|w|/127``, or ``max|w|/64`` with
-``reduce_range`` on x86 CPUs without VNNI, see :func:`reduce_range_default`), per-tensor uint8
+``reduce_range`` on x86 CPUs without VNNI, see :func:`mobilenets.cpu.reduce_range_default`), per-tensor uint8
 activations whose range is the calibration min/max (always containing 0). Where that
 rounding costs too much accuracy, ``train --qat`` fine-tunes the float weights with the same
 rounding in the forward pass, so that they learn to sit well on the int8 grid (Jacob et al.
@@ -29,19 +29,19 @@ the head's linear layer), that of squeeze-excite's folded hard-sigmoid gate is n
 
 from __future__ import annotations
 
-import platform
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu import reduce_range_default
 from .errors import MobilenetsError
 from .layers import Conv2dSame, ConvNormAct
 
 #: onnxruntime's symmetric int8 weight range (``QuantType.QInt8`` with symmetric=True).
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
-#: Its range with ``reduce_range`` (7-bit weights; see :func:`reduce_range_default`).
+#: Its range with ``reduce_range`` (7-bit weights; see :func:`mobilenets.cpu.reduce_range_default`).
 REDUCED_WEIGHT_QMAX = 64
 #: uint8 activations (``QuantType.QUInt8``, asymmetric).
 ACT_QMIN, ACT_QMAX = 0, 255
@@ -79,42 +79,6 @@ class _RoundTrip(torch.autograd.Function):
 def round_trip(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
     """Fake quantization of ``x`` (any float dtype; computed in float32)."""
     return _RoundTrip.apply(x.float(), scale.float(), zero.float(), qmin, qmax).to(x.dtype)
-
-
-def reduce_range_default() -> bool:
-    """Whether int8 weights should use 7 bits on this machine: True on x86 CPUs without VNNI.
-
-    There onnxruntime's uint8 × int8 kernels multiply with ``VPMADDUBSW``, which adds pairs
-    of products in saturating int16: with 8-bit weights two products can exceed 32767 and
-    the sum is clipped (onnxruntime's quantization guide recommends ``reduce_range`` on
-    such CPUs). With weights in [−64, 64] a pair stays below 2·255·64 = 32640. VNNI
-    (AVX-512 or AVX) accumulates in int32, and ARM has no such instruction, so both keep
-    the full range. The decision is the exporting machine's: export where the model runs,
-    or say ``reduce_range`` explicitly.
-    """
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
-        return False
-    flags = cpu_flags()
-    if flags:
-        return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
-    return not torch.cpu._is_vnni_supported()
-
-
-def cpu_flags() -> set[str]:
-    """The instruction-set flags Linux lists in ``/proc/cpuinfo`` (empty elsewhere)."""
-    return set((cpuinfo("flags") or "").split())
-
-
-def cpuinfo(field: str) -> str | None:
-    """The first CPU's ``field`` in Linux's ``/proc/cpuinfo`` (``None`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(field) and ":" in line:
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 def weight_qmax(reduce_range: bool) -> int:

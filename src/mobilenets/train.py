@@ -42,6 +42,7 @@ from .augment import channel_stats, normalize, random_crop_flip, random_erasing
 from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
                          read_checkpoint, state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
+from .cpu import bf16_supported
 from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages,
                    holdout_split, load_dataset, splits_from_train)
 from .data import mix_seed as _seed
@@ -232,19 +233,6 @@ class TrainingInterrupted(MobilenetsError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-def bf16_supported() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX-512-BF16 or AMX).
-
-    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also accepts plain
-    AVX-512 CPUs, where bf16 is emulated and slower than fp32, so the instruction sets
-    are asked for by name.
-    """
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """``auto``: CUDA when present (one GPU per process under torchrun), else the CPU."""

@@ -1,0 +1,82 @@
+"""What this CPU can do, asked in one place: the fast paths of training, int8 export and the
+depthwise kernels all depend on it.
+
+* bf16 autocast pays only with native bf16 matrix instructions (AVX-512-BF16 or AMX):
+  :func:`bf16_supported`;
+* int8 weights use 7 bits on x86 CPUs without VNNI: :func:`reduce_range_default`;
+* oneDNN's depthwise weight gradient is slow on AVX2-only CPUs when the kernel is wider
+  than the map: :data:`AVX2_ONLY` (read by :func:`mobilenets.layers.depthwise_conv2d`).
+
+Instruction sets come from Linux's ``/proc/cpuinfo`` where it exists (so that tests can
+fake a CPU by replacing :func:`flags`), otherwise from torch's own probes.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+
+import torch
+
+#: True on x86 CPUs whose best vector unit is AVX2 (no AVX-512), as torch's kernel dispatch
+#: sees it. A constant read at import, so that ``torch.compile`` sees a plain bool where the
+#: depthwise layers consult it (a call to torch's probe inside the model breaks the graph).
+AVX2_ONLY: bool = torch.backends.cpu.get_cpu_capability() == "AVX2"
+
+#: The instruction sets benchmark results record: those that decide bf16 and int8 speed.
+RECORDED_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+def cpuinfo(field: str) -> str | None:
+    """The first CPU's ``field`` in Linux's ``/proc/cpuinfo`` (``None`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(field) and ":" in line:
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
+@functools.cache
+def flags() -> frozenset[str]:
+    """The instruction-set flags Linux lists in ``/proc/cpuinfo`` (empty elsewhere)."""
+    return frozenset((cpuinfo("flags") or "").split())
+
+
+def recorded_isa() -> list[str]:
+    """This CPU's instruction sets among :data:`RECORDED_ISA`, for benchmark JSON."""
+    return sorted(flags() & set(RECORDED_ISA))
+
+
+def bf16_supported() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX-512-BF16 or AMX).
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) also accepts plain
+    AVX-512 CPUs, where bf16 is emulated and slower than fp32, so the instruction sets
+    are asked for by name.
+    """
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def reduce_range_default() -> bool:
+    """Whether int8 weights should use 7 bits on this machine: True on x86 CPUs without VNNI.
+
+    There onnxruntime's uint8 × int8 kernels multiply with ``VPMADDUBSW``, which adds pairs
+    of products in saturating int16: with 8-bit weights two products can exceed 32767 and
+    the sum is clipped (onnxruntime's quantization guide recommends ``reduce_range`` on
+    such CPUs). With weights in [−64, 64] a pair stays below 2·255·64 = 32640. VNNI
+    (AVX-512 or AVX) accumulates in int32, and ARM has no such instruction, so both keep
+    the full range. The decision is the exporting machine's: export where the model runs,
+    or say ``reduce_range`` explicitly.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False
+    cpu_flags = flags()
+    if cpu_flags:
+        return not cpu_flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+    return not torch.cpu._is_vnni_supported()
