@@ -9,9 +9,8 @@ see the same machine state:
   where the CPU has no native bf16), and on AVX2 CPUs the library's depthwise weight
   gradient for kernels wider than the map (:class:`mobilenets.layers.SmallMapDepthwise`);
 * optimised + bf16: the same under bf16 autocast (where the CPU has native bf16);
-* with ``--compile``, also optimised + bf16 + ``torch.compile`` of the model (compiled in
-  the warm-up, untimed): a candidate for the trainer, which does not use it while it is
-  no faster here.
+* with ``--compile``, also optimised (+ bf16) + ``torch.compile`` of the model (compiled
+  in the warm-up, untimed): what ``mobilenets train --compile`` does.
 
 The whole measurement is repeated ``--rounds`` times with fresh models: one round's ratio
 moves by about 0.2 on this shared machine, so the table gives the median over rounds of

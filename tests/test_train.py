@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +373,43 @@ def test_bf16_supported_asks_for_the_bf16_instructions_by_name():
         pytest.skip("needs Linux's /proc/cpuinfo")
     flags = set(cpuinfo.read_text().split())
     assert bf16_supported() == bool({"avx512_bf16", "amx_tile", "amx_bf16"} & flags)
+
+
+def test_compiled_training_steps_like_the_eager_one(idx_dir, tmp_path, monkeypatch):
+    """``--compile`` runs the training step through ``torch.compile`` (traced whole: forward,
+    backward, the depthwise layers' custom weight gradient): same losses and weights as the
+    eager step, evaluation and checkpoints unchanged. Inductor's code generation, a minute
+    or two of compiling, is replaced by AOTAutograd's eager backend here; benchmarks time
+    the real thing (``train_throughput.py --compile``)."""
+    real_compile, calls = torch.compile, []
+
+    def compile_eagerly(model, **kwargs):
+        calls.append(kwargs)
+        return real_compile(model, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    kw = dict(epochs=1, max_steps=3, model_kwargs={"width_mult": 0.25, "dropout": 0.0}, ema=None)
+    eager = Trainer(_cfg(idx_dir, tmp_path / "eager", **kw))
+    compiled = Trainer(_cfg(idx_dir, tmp_path / "compiled", compile=True, **kw))
+    assert isinstance(compiled.train_forward, torch._dynamo.eval_frame.OptimizedModule)
+    assert compiled.train_forward._orig_mod is compiled.model and calls == [{"dynamic": False}]
+    torch._dynamo.utils.counters.clear()
+    results = [t.fit() for t in (eager, compiled)]
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # the steps ran compiled
+    assert results[1].history[0]["train_loss"] == pytest.approx(results[0].history[0]["train_loss"], rel=1e-4)
+    ours = read_checkpoint(tmp_path / "compiled" / "last.safetensors")[0]
+    reference = read_checkpoint(tmp_path / "eager" / "last.safetensors")[0]
+    assert ours.keys() == reference.keys()  # no "_orig_mod." prefix in the checkpoint
+    for k in reference:
+        torch.testing.assert_close(ours[k], reference[k], rtol=1e-3, atol=1e-4)
+
+
+def test_compile_without_a_cpp_compiler_is_a_clear_error(idx_dir, tmp_path, monkeypatch, capsys):
+    import mobilenets.train as train_module
+
+    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CXX", raising=False)
+    assert main(["train", "--data", str(idx_dir), "--compile", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --compile needs a C++ compiler") and "Traceback" not in err
+    assert not (tmp_path / "r").exists()

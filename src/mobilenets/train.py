@@ -23,6 +23,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -127,6 +128,7 @@ class TrainConfig:
     sync_bn: bool = False  # SyncBatchNorm across processes (distributed runs)
     strict: bool = False  # image folders: unreadable files are an error instead of skipped
     channels_last: bool = True
+    compile: bool = False  # torch.compile the training forward/backward (Inductor)
     resume: bool = False
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
     stop_after_epoch: int | None = None  # stop resumably after this epoch (job time limits)
@@ -215,6 +217,16 @@ def preflight(config: TrainConfig) -> None:
         config = Trainer._from_init(config, read_checkpoint(config.init)[1])
     model_options(config.resolved().model)  # an unknown model name is an error here
     resolve_data_dir(config.data)
+    if config.compile:
+        check_compiler()
+
+
+def check_compiler() -> None:
+    """``--compile`` on the CPU needs a C++ compiler: Inductor writes and builds C++ kernels.
+    Without one, torch fails at the first step with a long traceback; say so up front."""
+    if not (os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++"))):
+        raise MobilenetsError("--compile needs a C++ compiler (torch.compile builds C++ kernels "
+                              "on the CPU): install g++ or leave --compile off")
 
 
 @dataclass
@@ -447,7 +459,7 @@ class Trainer:
             # The saved run defines everything; only the epoch budget (and, given again, the
             # steps per epoch) may change, and stop_after_epoch/progress/workers describe this
             # invocation.
-            overrides = {k: getattr(config, k) for k in ("stop_after_epoch", "progress", "workers")}
+            overrides = {k: getattr(config, k) for k in ("stop_after_epoch", "progress", "workers", "compile")}
             for k in ("epochs", "max_steps"):
                 if getattr(config, k) is not None:
                     overrides[k] = getattr(config, k)
@@ -561,6 +573,13 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
             self.ddp_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        # The training step's forward (and so its backward) compiled once for the fixed batch
+        # shape; evaluation runs the eager model, which shares the parameters.
+        self.train_forward: nn.Module = self.ddp_model
+        if cfg.compile:
+            if self.device.type == "cpu":
+                check_compiler()
+            self.train_forward = torch.compile(self.ddp_model, dynamic=False)
         self.optimizer = make_optimizer(cfg, self.model)
         self.ema = (AveragedModel(self.model, multi_avg_fn=_ema_avg_fn(cfg.ema), use_buffers=True)
                     if cfg.ema else None)
@@ -840,7 +859,7 @@ class Trainer:
             sync = self.world_size == 1 or a == accum - 1
             with (contextlib.nullcontext() if sync else self.ddp_model.no_sync()):
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    logits = self.ddp_model(x)
+                    logits = self.train_forward(x)
                 loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
                 self._check_finite(loss, epoch, step)
                 self.scaler.scale(loss / accum).backward()
@@ -953,6 +972,7 @@ class Trainer:
                       f"batch {self.global_batch}, {cfg.optimizer} lr {cfg.lr:g}, {self.precision}"
                       + (f", {self.world_size} processes" if self.world_size > 1 else "")
                       + (", quantization-aware (int8 simulated)" if cfg.qat else "")
+                      + (", compiled (the first step compiles for a minute or two)" if cfg.compile else "")
                       + (f" (resuming at epoch {self.epoch + 1})" if cfg.resume else ""))
         t_start = time.perf_counter()
         with _interrupt_guard() as interrupted:

@@ -48,6 +48,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="bf16 autocast where the CPU supports it (auto) or forced")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (a minute or two of compiling first; "
+                        "faster for V2 on CPU, README: Results)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (model and options come from it)")
@@ -120,7 +123,7 @@ def _config_from_args(args: argparse.Namespace):
     given.update(device=args.device, accum_steps=args.accum_steps, sync_bn=args.sync_bn)
     return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
                        out=args.out, recipe=args.recipe, workers=args.workers, seed=args.seed,
-                       precision=args.precision, channels_last=args.channels_last,
+                       precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                        resume=args.resume, strict=args.strict, init=args.init, qat=args.qat, **given)
 
 
