@@ -12,6 +12,10 @@ see the same machine state:
 * with ``--compile``, also optimised (+ bf16) + ``torch.compile`` of the model (compiled
   in the warm-up, untimed): what ``mobilenets train --compile`` does.
 
+All configurations share one process and so glibc's malloc defaults; the trainer's malloc
+setting (:func:`mobilenets.cpu.keep_freed_memory`) is measured by ``malloc.py``, one process
+per configuration.
+
 The whole measurement is repeated ``--rounds`` times with fresh models: one round's ratio
 moves by about 0.2 on this shared machine, so the table gives the median over rounds of
 images/s and of the speed-up, with the speed-ups' range. Writes

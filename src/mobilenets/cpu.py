@@ -80,3 +80,33 @@ def reduce_range_default() -> bool:
     if cpu_flags:
         return not cpu_flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
     return not torch.cpu._is_vnni_supported()
+
+
+#: glibc's ``mallopt`` parameters (``malloc.h``).
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse instead of handing it back to the
+    kernel; returns whether it applied (glibc only: not macOS, Windows or musl).
+
+    By default glibc serves large blocks (all above 32 MiB) with fresh ``mmap``\\ s and
+    unmaps them when freed, so every training step faults its activations' pages in again
+    and the kernel zeroes them: 35,000 (V3-Small) to 81,000 (V3-Large) page faults per step
+    at batch 256 and 28 px on an AVX2 machine, 0.12-0.30 s of kernel time per step, and
+    element-wise ops on 34 MB tensors 4-6× slower than on reused memory. With ``mmap`` and
+    heap trimming off, one step's memory serves the next: no faults, steps 1.04-1.17×
+    faster. The cost: the process keeps its peak memory until it exits (9-16 % higher peak
+    RSS measured). PyTorch's own CPU launcher
+    (``torch.backends.xeon.run_cpu``) gets the same effect by preloading jemalloc or
+    tcmalloc configured never to return memory. Figures: ``benchmarks/malloc.py``.
+    """
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1))
+    except (OSError, AttributeError):
+        return False

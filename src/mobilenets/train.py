@@ -43,7 +43,7 @@ from .augment import channel_stats, normalize, random_crop_flip, random_erasing
 from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
                          read_checkpoint, state_to_bytes)
 from .conventions import IMAGENET_MEAN, IMAGENET_STD
-from .cpu import bf16_supported
+from .cpu import bf16_supported, keep_freed_memory
 from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages,
                    holdout_split, load_dataset, splits_from_train)
 from .data import mix_seed as _seed
@@ -129,6 +129,7 @@ class TrainConfig:
     strict: bool = False  # image folders: unreadable files are an error instead of skipped
     channels_last: bool = True
     compile: bool = False  # torch.compile the training forward/backward (Inductor)
+    reuse_memory: bool = True  # CPU: glibc malloc keeps freed memory (see cpu.keep_freed_memory)
     resume: bool = False
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
     stop_after_epoch: int | None = None  # stop resumably after this epoch (job time limits)
@@ -457,9 +458,10 @@ class Trainer:
         if config.resume:
             saved, saved_world = self._read_saved_config()
             # The saved run defines everything; only the epoch budget (and, given again, the
-            # steps per epoch) may change, and stop_after_epoch/progress/workers describe this
-            # invocation.
-            overrides = {k: getattr(config, k) for k in ("stop_after_epoch", "progress", "workers", "compile")}
+            # steps per epoch) may change, and stop_after_epoch/progress/workers/compile/
+            # reuse_memory describe this invocation.
+            overrides = {k: getattr(config, k) for k in ("stop_after_epoch", "progress", "workers", "compile",
+                                                       "reuse_memory")}
             for k in ("epochs", "max_steps"):
                 if getattr(config, k) is not None:
                     overrides[k] = getattr(config, k)
@@ -494,6 +496,8 @@ class Trainer:
         self.cfg = config.resolved()
         cfg = self.cfg
         self.device = resolve_device(cfg.device, rank)
+        if cfg.reuse_memory and self.device.type == "cpu":
+            keep_freed_memory()
         # QAT rounds to the int8 grid in fp32; bf16 activations would blur that grid.
         self.precision = resolve_precision("fp32" if cfg.qat and cfg.precision == "auto" else cfg.precision,
                                            self.device)

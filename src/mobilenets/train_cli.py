@@ -48,6 +48,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                    help="bf16 autocast where the CPU supports it (auto) or forced")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
+                   help="leave glibc's malloc returning freed memory to the kernel (by default the "
+                        "CPU trainer keeps it: no page faults per step, 4-17 %% faster)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (a minute or two of compiling first; "
                         "faster for V2 on CPU, README: Results)")
@@ -124,6 +127,7 @@ def _config_from_args(args: argparse.Namespace):
     return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
                        out=args.out, recipe=args.recipe, workers=args.workers, seed=args.seed,
                        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+                       reuse_memory=args.reuse_memory,
                        resume=args.resume, strict=args.strict, init=args.init, qat=args.qat, **given)
 
 

@@ -1,0 +1,120 @@
+"""The trainer's malloc setting: glibc's defaults against :func:`mobilenets.cpu.keep_freed_memory`,
+and the trainer's whole CPU path against the plain baseline.
+
+glibc hands large freed blocks back to the kernel, so each training step faults its
+activations' pages in again; the CPU trainer turns that off (``--no-reuse-memory`` keeps
+the defaults). A malloc setting holds for a whole process, so each configuration runs in
+its own child process, the three alternating for ``--rounds`` rounds:
+
+* plain: ``train_throughput.py``'s plain step (NCHW, fp32, default SGD), glibc's defaults;
+* default: its optimised step (channels_last, fused SGD, the trainer's precision), glibc's
+  defaults;
+* kept: the optimised step with freed memory kept, as the trainer runs it.
+
+Each child runs a warm-up, then ``--steps`` timed steps. Records each round's median step
+time, page faults and system time per step and peak RSS, and the medians over rounds of
+those and of the speed-ups kept/default (the malloc setting) and kept/plain (the trainer
+against the plain baseline); writes ``benchmarks/results/malloc.json`` and prints a
+Markdown table.
+
+    python benchmarks/malloc.py [--models mobilenet_v2,...] [--rounds 3] [--steps 8] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+MODES = ("plain", "default", "kept")
+
+
+def child(model: str, mode: str, steps: int, threads: int, batch: int) -> dict[str, float]:
+    """One configuration in this process: the malloc setting first, then the timed steps."""
+    from mobilenets import cpu
+
+    if mode == "kept" and not cpu.keep_freed_memory():
+        raise SystemExit("keep_freed_memory does not apply here (glibc only)")
+    import torch
+
+    from train_throughput import make_step
+
+    torch.set_num_threads(threads)
+    optimised = mode != "plain"
+    step, _ = make_step(model, optimised, optimised, batch, 28, True)
+    for _ in range(3):  # warm-up: oneDNN primitives, glibc's heap settling
+        step()
+    times, faults, system = [], [], []
+    for _ in range(steps):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        times.append(step())
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        faults.append(after.ru_minflt - before.ru_minflt)
+        system.append(after.ru_stime - before.ru_stime)
+    return {"step_s": statistics.median(times), "faults_per_step": statistics.median(faults),
+            "system_s_per_step": statistics.median(system),
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="mobilenet_v2,mobilenet_v3_large,mobilenet_v3_small")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(RESULTS / "malloc.json"))
+    p.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child, args.steps, args.threads, args.batch)))
+        return
+
+    from mobilenets.bench import machine_info
+
+    rows = []
+    t0 = time.perf_counter()
+    for model in args.models.split(","):
+        rounds = []
+        for _ in range(args.rounds):
+            rounds.append({mode: json.loads(subprocess.run(
+                [sys.executable, __file__, "--child", model, mode, "--steps", str(args.steps),
+                 "--threads", str(args.threads), "--batch", str(args.batch)],
+                check=True, capture_output=True, text=True).stdout.splitlines()[-1]) for mode in MODES})
+        row = {"model": model, "batch": args.batch, "rounds": rounds}
+        for name, base in (("speedup", "default"), ("trainer_vs_plain", "plain")):
+            ratios = [r[base]["step_s"] / r["kept"]["step_s"] for r in rounds]
+            row[name], row[name + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
+        for mode in MODES:
+            for key in ("step_s", "faults_per_step", "system_s_per_step", "peak_rss_mib"):
+                row[f"{mode}_{key}"] = statistics.median(r[mode][key] for r in rounds)
+        rows.append(row)
+        print(model, f"kept/default ×{row['speedup']:.2f}, kept/plain ×{row['trainer_vs_plain']:.2f}", flush=True)
+
+    result = {"benchmark": "malloc", "machine": machine_info(), "threads": args.threads, "rows": rows,
+              "minutes": (time.perf_counter() - t0) / 60,
+              "command": f"python benchmarks/malloc.py --models {args.models} --batch {args.batch} "
+                         f"--rounds {args.rounds} --steps {args.steps} --threads {args.threads}"}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print("\n| model | plain (img/s) | optimised, glibc default (img/s) | faults/step | kernel s/step | peak RSS | "
+          "kept (img/s) | faults/step | peak RSS | kept vs default | kept vs plain |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        ratios = [f"×{r[k]:.2f} ({r[k + '_range'][0]:.2f}-{r[k + '_range'][1]:.2f})"
+                  for k in ("speedup", "trainer_vs_plain")]
+        print(f"| `{r['model']}` | {args.batch / r['plain_step_s']:.0f} | {args.batch / r['default_step_s']:.0f} | "
+              f"{r['default_faults_per_step']:,.0f} | {r['default_system_s_per_step']:.2f} | "
+              f"{r['default_peak_rss_mib']:,.0f} MiB | {args.batch / r['kept_step_s']:.0f} | "
+              f"{r['kept_faults_per_step']:,.0f} | {r['kept_peak_rss_mib']:,.0f} MiB | " + " | ".join(ratios) + " |")
+
+
+if __name__ == "__main__":
+    main()
