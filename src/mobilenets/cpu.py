@@ -5,7 +5,9 @@ depthwise kernels all depend on it.
   :func:`bf16_supported`;
 * int8 weights use 7 bits on x86 CPUs without VNNI: :func:`reduce_range_default`;
 * oneDNN's depthwise weight gradient is slow on AVX2-only CPUs when the kernel is wider
-  than the map: :data:`AVX2_ONLY` (read by :func:`mobilenets.layers.depthwise_conv2d`).
+  than the map: :data:`AVX2_ONLY` (read by :func:`mobilenets.layers.depthwise_conv2d`);
+* the CPU trainer keeps freed memory instead of faulting it in at every step (glibc):
+  :func:`keep_freed_memory`.
 
 Instruction sets come from Linux's ``/proc/cpuinfo`` where it exists (so that tests can
 fake a CPU by replacing :func:`flags`), otherwise from torch's own probes.
@@ -92,14 +94,14 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves large blocks (all above 32 MiB) with fresh ``mmap``\\ s and
     unmaps them when freed, so every training step faults its activations' pages in again
-    and the kernel zeroes them: 35,000 (V3-Small) to 81,000 (V3-Large) page faults per step
-    at batch 256 and 28 px on an AVX2 machine, 0.12-0.30 s of kernel time per step, and
+    and the kernel zeroes them: 32,000 (V3-Small) to 116,000 (V2) page faults per step at
+    batch 256 and 28 px on an AVX2 machine, 0.1-0.6 s of kernel time per step, and
     element-wise ops on 34 MB tensors 4-6× slower than on reused memory. With ``mmap`` and
-    heap trimming off, one step's memory serves the next: no faults, steps 1.04-1.17×
-    faster. The cost: the process keeps its peak memory until it exits (9-16 % higher peak
-    RSS measured). PyTorch's own CPU launcher
-    (``torch.backends.xeon.run_cpu``) gets the same effect by preloading jemalloc or
-    tcmalloc configured never to return memory. Figures: ``benchmarks/malloc.py``.
+    heap trimming off, one step's memory serves the next: no faults, steps 1.14-1.40×
+    faster. The cost: the process keeps its peak memory until it exits (9-12 % higher peak
+    RSS measured). PyTorch's own CPU launcher (``torch.backends.xeon.run_cpu``) gets the
+    same effect by preloading jemalloc or tcmalloc configured never to return memory.
+    Figures: ``benchmarks/malloc.py``.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

@@ -50,7 +50,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
                    help="leave glibc's malloc returning freed memory to the kernel (by default the "
-                        "CPU trainer keeps it: no page faults per step, 4-17 %% faster)")
+                        "CPU trainer keeps it: no page faults per step, up to 40 %% faster)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (a minute or two of compiling first; "
                         "faster for V2 on CPU, README: Results)")
