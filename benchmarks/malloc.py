@@ -9,7 +9,9 @@ its own child process, the three alternating for ``--rounds`` rounds:
 * plain: ``train_throughput.py``'s plain step (NCHW, fp32, default SGD), glibc's defaults;
 * default: its optimised step (channels_last, fused SGD, the trainer's precision), glibc's
   defaults;
-* kept: the optimised step with freed memory kept, as the trainer runs it.
+* kept: the optimised step with freed memory kept, as the trainer runs it;
+* with ``--compile``, also kept + ``torch.compile`` of the model (``train --compile``),
+  compiled in the warm-up.
 
 Each child runs a warm-up, then ``--steps`` timed steps. Records each round's median step
 time, page faults and system time per step and peak RSS, and the medians over rounds of
@@ -39,7 +41,7 @@ def child(model: str, mode: str, steps: int, threads: int, batch: int) -> dict[s
     """One configuration in this process: the malloc setting first, then the timed steps."""
     from mobilenets import cpu
 
-    if mode == "kept" and not cpu.keep_freed_memory():
+    if mode.startswith("kept") and not cpu.keep_freed_memory():
         raise SystemExit("keep_freed_memory does not apply here (glibc only)")
     import torch
 
@@ -47,7 +49,7 @@ def child(model: str, mode: str, steps: int, threads: int, batch: int) -> dict[s
 
     torch.set_num_threads(threads)
     optimised = mode != "plain"
-    step, _ = make_step(model, optimised, optimised, batch, 28, True)
+    step, _ = make_step(model, optimised, optimised, batch, 28, True, compile=mode == "kept_compile")
     for _ in range(3):  # warm-up: oneDNN primitives, glibc's heap settling
         step()
     times, faults, system = [], [], []
@@ -70,6 +72,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "malloc.json"))
+    p.add_argument("--compile", action="store_true", help="add the kept + torch.compile configuration")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -78,6 +81,7 @@ def main() -> None:
 
     from mobilenets.bench import machine_info
 
+    modes = MODES + (("kept_compile",) if args.compile else ())
     rows = []
     t0 = time.perf_counter()
     for model in args.models.split(","):
@@ -86,30 +90,39 @@ def main() -> None:
             rounds.append({mode: json.loads(subprocess.run(
                 [sys.executable, __file__, "--child", model, mode, "--steps", str(args.steps),
                  "--threads", str(args.threads), "--batch", str(args.batch)],
-                check=True, capture_output=True, text=True).stdout.splitlines()[-1]) for mode in MODES})
+                check=True, capture_output=True, text=True).stdout.splitlines()[-1]) for mode in modes})
         row = {"model": model, "batch": args.batch, "rounds": rounds}
-        for name, base in (("speedup", "default"), ("trainer_vs_plain", "plain")):
-            ratios = [r[base]["step_s"] / r["kept"]["step_s"] for r in rounds]
+        ratios_of = [("speedup", "default", "kept"), ("trainer_vs_plain", "plain", "kept")]
+        if args.compile:
+            ratios_of.append(("compiled_vs_plain", "plain", "kept_compile"))
+        for name, base, config in ratios_of:
+            ratios = [r[base]["step_s"] / r[config]["step_s"] for r in rounds]
             row[name], row[name + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
-        for mode in MODES:
+        for mode in modes:
             for key in ("step_s", "faults_per_step", "system_s_per_step", "peak_rss_mib"):
                 row[f"{mode}_{key}"] = statistics.median(r[mode][key] for r in rounds)
         rows.append(row)
-        print(model, f"kept/default ×{row['speedup']:.2f}, kept/plain ×{row['trainer_vs_plain']:.2f}", flush=True)
+        print(model, f"kept/default ×{row['speedup']:.2f}, kept/plain ×{row['trainer_vs_plain']:.2f}"
+              + (f", kept+compile/plain ×{row['compiled_vs_plain']:.2f}" if args.compile else ""), flush=True)
 
     result = {"benchmark": "malloc", "machine": machine_info(), "threads": args.threads, "rows": rows,
               "minutes": (time.perf_counter() - t0) / 60,
               "command": f"python benchmarks/malloc.py --models {args.models} --batch {args.batch} "
-                         f"--rounds {args.rounds} --steps {args.steps} --threads {args.threads}"}
+                         f"--rounds {args.rounds} --steps {args.steps} --threads {args.threads}"
+                         + (" --compile" if args.compile else "")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print("\n| model | plain (img/s) | optimised, glibc default (img/s) | faults/step | kernel s/step | peak RSS | "
-          "kept (img/s) | faults/step | peak RSS | kept vs default | kept vs plain |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "kept (img/s) | faults/step | peak RSS | kept vs default | kept vs plain |"
+          + (" kept + compile (img/s) | vs plain |" if args.compile else ""))
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.compile else ""))
     for r in rows:
         ratios = [f"×{r[k]:.2f} ({r[k + '_range'][0]:.2f}-{r[k + '_range'][1]:.2f})"
                   for k in ("speedup", "trainer_vs_plain")]
+        if args.compile:
+            lo, hi = r["compiled_vs_plain_range"]
+            ratios.append(f"{args.batch / r['kept_compile_step_s']:.0f} | ×{r['compiled_vs_plain']:.2f} ({lo:.2f}-{hi:.2f})")
         print(f"| `{r['model']}` | {args.batch / r['plain_step_s']:.0f} | {args.batch / r['default_step_s']:.0f} | "
               f"{r['default_faults_per_step']:,.0f} | {r['default_system_s_per_step']:.2f} | "
               f"{r['default_peak_rss_mib']:,.0f} MiB | {args.batch / r['kept_step_s']:.0f} | "

@@ -53,7 +53,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                         "CPU trainer keeps it: no page faults per step, up to 40 %% faster)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the training step (a minute or two of compiling first; "
-                        "faster for V2 on CPU, README: Results)")
+                        "no faster on the CPUs measured, README: Results)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (model and options come from it)")
