@@ -20,6 +20,7 @@ against the plain baseline); writes ``benchmarks/results/malloc.json`` and print
 Markdown table.
 
     python benchmarks/malloc.py [--models mobilenet_v2,...] [--rounds 3] [--steps 8] [--threads 2]
+        [--compile] [--out FILE]
 """
 
 from __future__ import annotations

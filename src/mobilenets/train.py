@@ -223,8 +223,9 @@ def preflight(config: TrainConfig) -> None:
 
 
 def check_compiler() -> None:
-    """``--compile`` on the CPU needs a C++ compiler: Inductor writes and builds C++ kernels.
-    Without one, torch fails at the first step with a long traceback; say so up front."""
+    """``--compile`` needs a system compiler: Inductor builds C++ kernels on the CPU (and
+    Triton its launchers on GPUs). Without one, torch fails at the first step with a long
+    traceback; say so up front, on every device, as the torchrun launcher's preflight does."""
     if not (os.environ.get("CXX") or any(shutil.which(c) for c in ("c++", "g++", "clang++"))):
         raise MobilenetsError("--compile needs a C++ compiler (torch.compile builds C++ kernels "
                               "on the CPU): install g++ or leave --compile off")
@@ -581,8 +582,7 @@ class Trainer:
         # shape; evaluation runs the eager model, which shares the parameters.
         self.train_forward: nn.Module = self.ddp_model
         if cfg.compile:
-            if self.device.type == "cpu":
-                check_compiler()
+            check_compiler()
             self.train_forward = torch.compile(self.ddp_model, dynamic=False)
         self.optimizer = make_optimizer(cfg, self.model)
         self.ema = (AveragedModel(self.model, multi_avg_fn=_ema_avg_fn(cfg.ema), use_buffers=True)
