@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import mobilenets
 from conftest import ALL_MODELS
@@ -280,6 +281,71 @@ def test_training_graph_compiles_whole_with_either_depthwise_path(monkeypatch, f
         grads.append([p.grad for p in net.parameters()])
     for ours, native in zip(*grads):
         torch.testing.assert_close(ours, native, rtol=1e-4, atol=1e-5)
+
+
+class _OpArgs(TorchDispatchMode):
+    """Records every aten op with its tensor arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[torch.Tensor]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func.__name__, [a for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_channels_last_training_step_never_mixes_memory_formats(name):
+    """In a channels_last training step every 4-D activation and gradient every op sees is
+    channels_last: an NCHW gradient meeting channels_last tensors (as ``mean``'s backward
+    gave the head's and squeeze-excite's pooling) sends the CPU's BatchNorm backward and
+    element-wise kernels to their slow paths."""
+    model = mobilenets.create_model(name, num_classes=4, in_chans=1, small_input=True, **SMALL).train()
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    with _OpArgs() as ops:
+        model(x).logsumexp(1).sum().backward()
+    mixed = sorted({f"{op} {tuple(t.shape)} strides {t.stride()}" for op, tensors in ops.calls for t in tensors
+                    if t.dim() == 4 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1
+                    and not (t.is_contiguous(memory_format=torch.channels_last) and 0 not in t.stride())})
+    assert not mixed, mixed[:5]
+
+
+def test_relu6_copies_nothing_for_autograd_and_stays_in_place_without_it():
+    """ReLU6 out of place under autograd: the in-place op would make autograd clone its
+    input for the backward. Without autograd it still works in place. Values and gradients
+    are ReLU6's, at the kinks too."""
+    from mobilenets.layers import ReLU6
+
+    act = ReLU6(inplace=True)
+    x = torch.tensor([-1.0, 0.0, 0.5, 6.0, 7.0]).repeat(4)
+    leaf = x.clone().requires_grad_()
+    with _OpArgs() as ops:
+        y = act(leaf * 1.0)
+        y.backward(torch.arange(20.0))
+    assert not [op for op, _ in ops.calls if op.startswith("clone")]
+    ref = x.clone().requires_grad_()
+    torch.nn.functional.relu6(ref).backward(torch.arange(20.0))
+    torch.testing.assert_close(y, torch.nn.functional.relu6(x), rtol=0, atol=0)
+    torch.testing.assert_close(leaf.grad, ref.grad, rtol=0, atol=0)
+    with torch.no_grad():
+        z = x.clone()
+        assert act(z).data_ptr() == z.data_ptr() and torch.equal(z, torch.nn.functional.relu6(x))
+
+
+def test_global_avg_pool_is_the_mean_with_the_inputs_layout_in_its_gradient():
+    from mobilenets.layers import global_avg_pool
+
+    x = torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = global_avg_pool(x)
+    torch.testing.assert_close(out, x.mean((2, 3), keepdim=True), rtol=1e-6, atol=1e-6)
+    g = torch.randn(3, 5, 1, 1)
+    out.backward(g)
+    torch.testing.assert_close(x.grad, g.expand(3, 5, 4, 6) / 24)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.equal(global_avg_pool(x), x.mean((2, 3), keepdim=True))
 
 
 @pytest.mark.parametrize("width", [float("nan"), float("inf"), 0.0, -1.0, 1e6])
