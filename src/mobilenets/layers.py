@@ -27,8 +27,8 @@ class ReLU6(nn.ReLU6):
     """``nn.ReLU6`` that works in place only where autograd does not record it.
 
     The in-place op's recorded backward reads its *input*, which the op overwrites, so
-    autograd first copies every input: a full clone per layer, about 5 % of a V2 training
-    step on the CPU. Out of place the input is just kept. Without autograd (inference,
+    autograd first copies every input: a full clone per layer, 4-5 % of a V2 training step
+    on the CPU. Out of place the input is just kept. Without autograd (inference,
     ``no_grad``) it stays in place, saving the output's memory.
     """
 
@@ -53,8 +53,9 @@ def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
     In training this is aten's adaptive average pooling, whose backward keeps the input's
     memory format. ``x.mean`` (which ``nn.AdaptiveAvgPool2d(1)`` calls) expands its gradient
     into an NCHW tensor, so with a channels_last network the BatchNorm backward and the
-    gradient sums that follow mix layouts and run 3-5× slower on the CPU: 8 % of a V3-Large
-    training step. Without autograd, or traced for export, it is ``x.mean``.
+    gradient sums that follow mix layouts and run 3-5× slower on the CPU: 7 % of a V3-Large
+    training step (``benchmarks/memory_format.py``). Without autograd, or traced for export,
+    it is ``x.mean``.
     """
     if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing():
         return torch.ops.aten._adaptive_avg_pool2d(x, [1, 1])
