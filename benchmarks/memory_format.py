@@ -12,10 +12,10 @@ test_channels_last_training_step_never_mixes_memory_formats``):
 
 "before" rebuilds the same network with the earlier layers (``nn.AdaptiveAvgPool2d(1)``,
 squeeze-excite pooling by ``x.mean``, ``nn.ReLU6(inplace=True)``). Both run the trainer's
-CPU step (channels_last, fused SGD, bf16 autocast where the CPU has native bf16, freed
-memory kept) on the same batch in one process, their steps interleaved, so both see the
-same machine state; the speed-up is the median of the per-pair ratios, with the
-interquartile range. Writes ``benchmarks/results/memory_format.json`` and prints a
+CPU step (``train_throughput.py``'s optimised step: channels_last, fused SGD, bf16
+autocast where the CPU has native bf16; here with freed memory kept) on the same batch in
+one process, their steps interleaved, so both see the same machine state; the speed-up is
+the median of the per-pair ratios, with the interquartile range. Writes ``benchmarks/results/memory_format.json`` and prints a
 Markdown table.
 
     python benchmarks/memory_format.py [--models mobilenet_v2,...] [--steps 16] [--batch 256]
@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-import mobilenets
 from mobilenets import layers
 from mobilenets.bench import machine_info
 from mobilenets.cpu import bf16_supported, keep_freed_memory
+from train_throughput import make_step
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -64,32 +63,11 @@ def with_earlier_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_step(name: str, before: bool, batch: int, bf16: bool):
-    torch.manual_seed(0)
-    model = mobilenets.create_model(name, num_classes=10, in_chans=1, small_input=True).train()
-    if before:
-        model = with_earlier_layers(model)
-    model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, fused=True)
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 1, 28, 28, generator=g).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (batch,), generator=g)
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return time.perf_counter() - t0
-
-    return step
-
-
-def measure(name: str, args: argparse.Namespace, bf16: bool) -> dict:
-    steps = {"before": make_step(name, True, args.batch, bf16), "library": make_step(name, False, args.batch, bf16)}
+def measure(name: str, args: argparse.Namespace) -> dict:
+    """``train_throughput.py``'s optimised step, with the earlier layers and with the library's."""
+    steps = {config: make_step(name, True, True, args.batch, 28, True,
+                               edit=with_earlier_layers if config == "before" else None)[0]
+             for config in ("before", "library")}
     for _ in range(3):  # warm-up: oneDNN primitives, the heap settling
         for step in steps.values():
             step()
@@ -118,7 +96,7 @@ def main() -> None:
     t0 = time.perf_counter()
     rows = []
     for name in args.models.split(","):
-        rows.append(measure(name, args, bf16))
+        rows.append(measure(name, args))
         r = rows[-1]
         print(f"{name}: before {r['before_step_s'] * 1000:.0f} ms, library {r['library_step_s'] * 1000:.0f} ms, "
               f"×{r['speedup']:.2f}", flush=True)

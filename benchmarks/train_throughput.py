@@ -32,10 +32,12 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import mobilenets
 from mobilenets import layers
@@ -46,9 +48,13 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resolution: int, small_input: bool,
-              compile: bool = False):
+              compile: bool = False, edit: Callable[[nn.Module], nn.Module] | None = None):
+    """One configuration's training step, returning its seconds; ``edit`` changes the fresh
+    model first (``memory_format.py`` swaps layers with it)."""
     torch.manual_seed(0)
     model = mobilenets.create_model(model_name, num_classes=10, in_chans=1, small_input=small_input).train()
+    if edit is not None:
+        model = edit(model)
     x = torch.randn(batch, 1, resolution, resolution)
     y = torch.randint(0, 10, (batch,))
     use_bf16 = bf16 and bf16_supported()
