@@ -302,14 +302,46 @@ def test_channels_last_training_step_never_mixes_memory_formats(name):
     gave the head's and squeeze-excite's pooling) sends the CPU's BatchNorm backward and
     element-wise kernels to their slow paths."""
     model = mobilenets.create_model(name, num_classes=4, in_chans=1, small_input=True, **SMALL).train()
+    mixed, _ = _channels_last_step(model)
+    assert not mixed, mixed[:5]
+
+
+def _channels_last_step(model):
+    """A channels_last training step of ``model``: the non-channels_last 4-D tensors its ops
+    saw, and the ops' names."""
     model = model.to(memory_format=torch.channels_last)
+    torch.manual_seed(0)
     x = torch.randn(2, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     with _OpArgs() as ops:
         model(x).logsumexp(1).sum().backward()
     mixed = sorted({f"{op} {tuple(t.shape)} strides {t.stride()}" for op, tensors in ops.calls for t in tensors
                     if t.dim() == 4 and t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1
                     and not (t.is_contiguous(memory_format=torch.channels_last) and 0 not in t.stride())})
-    assert not mixed, mixed[:5]
+    return mixed, [op for op, _ in ops.calls]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+def test_memory_format_benchmark_rebuilds_the_earlier_layers(name, monkeypatch):
+    """``benchmarks/memory_format.py``'s "before" network is the same network with the
+    earlier layers: the same outputs, but NCHW gradients (and, with ReLU6, clones)."""
+    import importlib.util
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(bench))
+    spec = importlib.util.spec_from_file_location("memory_format", bench / "memory_format.py")
+    memory_format = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(memory_format)
+    model = mobilenets.create_model(name, num_classes=4, in_chans=1, small_input=True, dropout=0.0,
+                                    **SMALL).eval()
+    before = memory_format.with_earlier_layers(copy.deepcopy(model))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(before(x), model(x))
+    mixed, ops = _channels_last_step(before.train())
+    assert mixed
+    assert any(op.startswith("clone") for op in ops) == (name == "mobilenet_v2")
+    assert _channels_last_step(model.train())[0] == []
 
 
 def test_relu6_copies_nothing_for_autograd_and_stays_in_place_without_it():
