@@ -49,8 +49,9 @@ RESULTS = Path(__file__).parent / "results"
 
 def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resolution: int, small_input: bool,
               compile: bool = False, edit: Callable[[nn.Module], nn.Module] | None = None):
-    """One configuration's training step, returning its seconds; ``edit`` changes the fresh
-    model first (``memory_format.py`` swaps layers with it)."""
+    """One configuration's training step (a function returning its seconds) and whether it
+    runs under bf16 autocast; ``edit`` changes the fresh model first (``memory_format.py``
+    swaps layers with it)."""
     torch.manual_seed(0)
     model = mobilenets.create_model(model_name, num_classes=10, in_chans=1, small_input=small_input).train()
     if edit is not None:

@@ -94,12 +94,12 @@ def keep_freed_memory() -> bool:
 
     By default glibc serves large blocks (all above 32 MiB) with fresh ``mmap``\\ s and
     unmaps them when freed, so every training step faults its activations' pages in again
-    and the kernel zeroes them: 32,000 (V3-Small) to 116,000 (V2) page faults per step at
+    and the kernel zeroes them: 30,000 (V3-Small) to 116,000 (V2) page faults per step at
     batch 256 and 28 px on an AVX2 machine, 0.1-0.6 s of kernel time per step, and
     element-wise ops on 34 MB tensors 4-6× slower than on reused memory. With ``mmap`` and
-    heap trimming off, one step's memory serves the next: no faults, steps 1.14-1.40×
-    faster. The cost: the process keeps its peak memory until it exits (9-12 % higher peak
-    RSS measured). PyTorch's own CPU launcher (``torch.backends.xeon.run_cpu``) gets the
+    heap trimming off, one step's memory serves the next: no faults, steps 1.05-1.40×
+    faster over two runs. The cost: the process keeps its peak memory until it exits (7-12 %
+    higher peak RSS measured). PyTorch's own CPU launcher (``torch.backends.xeon.run_cpu``) gets the
     same effect by preloading jemalloc or tcmalloc configured never to return memory.
     Figures: ``benchmarks/malloc.py``.
     """
