@@ -7,7 +7,10 @@ For each model and batch size (224×224, 2 threads) it compiles the BN-folded ch
 model (:func:`mobilenets.deploy.prepare_for_inference`) and its bf16 copy
 (:func:`mobilenets.deploy.bf16_inference`) with options added one at a time: none,
 ``freezing``, ``+ cpp_wrapper``, ``+ max_autotune``, and times them with eager NCHW fp32 in
-interleaved rounds (:func:`mobilenets.bench.measure`). ``mobilenets.bench.COMPILE_OPTIONS``
+interleaved rounds (:func:`mobilenets.bench.measure`), in a process that keeps freed memory
+as ``mobilenets bench`` does. ``freezing`` is applied through
+:func:`mobilenets.bench.compile_model`, without which it freezes nothing.
+``mobilenets.bench.COMPILE_OPTIONS``
 and ``AUTOTUNE_MAX_BATCH`` are chosen from these results. Writes
 ``benchmarks/results/compile_options.json`` (merged, keyed by model and batch) and prints a
 Markdown table of medians.
@@ -27,7 +30,7 @@ from typing import Any
 import torch
 
 import mobilenets
-from mobilenets import bench, deploy
+from mobilenets import bench, cpu, deploy
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -52,7 +55,7 @@ def runners(name: str, batch: int) -> dict[str, Callable[[], Any]]:
     out = {"eager": timed(model, x)}
     for precision, build in (("fp32", lambda: ready), ("bf16", lambda: deploy.bf16_inference(model))):
         for variant, options in VARIANTS.items():
-            out[f"{precision} {variant}"] = timed(torch.compile(build(), dynamic=False, options=options), xc)
+            out[f"{precision} {variant}"] = timed(bench.compile_model(build(), options), xc)
     return out
 
 
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "compile_options.json"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    cpu.keep_freed_memory()  # as mobilenets bench runs the compiling backends
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     start = time.time()

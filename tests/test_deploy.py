@@ -408,6 +408,29 @@ def test_bench_compile_backend_computes_the_models_logits(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
 
 
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compile_model_freezing_really_freezes():
+    """``options={"freezing": True}`` alone leaves the weights as graph inputs (Dynamo has
+    traced before Inductor sees the option), so nothing is pre-packed; ``compile_model``
+    sets the config while Dynamo traces, and the convolutions' weights are packed."""
+    from torch._dynamo.utils import counters
+
+    def packed(compile_fn) -> int:
+        torch._dynamo.reset()
+        counters.clear()
+        model = tiny("mobilenet_v3_small_minimal")
+        x = torch.randn(1, 1, 32, 32).contiguous(memory_format=torch.channels_last)
+        ready = deploy.prepare_for_inference(model).to(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch._inductor.config.patch(force_disable_caches=True):
+            torch.testing.assert_close(compile_fn(ready)(x), model(x), rtol=1e-4, atol=1e-4)
+        return counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"]
+
+    assert packed(lambda m: torch.compile(m, dynamic=False, options={"freezing": True})) == 0
+    assert packed(lambda m: bench.compile_model(m, {"freezing": True})) > 0
+    torch._dynamo.reset()
+
+
 def test_contended_rounds_are_repeated_then_reported(monkeypatch):
     assert bench.others_share((10.0, 100.0, 2.0), (12.0, 104.0, 3.0)) == 0.25
     assert bench.others_share(None, (1.0, 2.0, 0.0)) is None

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -864,3 +865,42 @@ def test_eval_precision_bf16_scores_the_bf16_inference_path(run_dir: Path, idx_d
     exported.write_bytes(b"not read")
     err = cli_error(capsys, ["eval", str(exported), "--data", str(idx_dir), "--precision", "bf16"])
     assert "applies to checkpoints" in err
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_inference_commands_keep_freed_memory_unless_told_not_to(run_dir, idx_dir, tmp_path, monkeypatch,
+                                                                 capsys, reuse):
+    """eval, predict and bench run with glibc keeping freed memory, as the trainer does:
+    a plain process faults every batch's activations in again (eval 2.3x slower measured);
+    ``--no-reuse-memory`` leaves the allocator alone."""
+    import mobilenets.cpu as cpu_module
+
+    calls = []
+    monkeypatch.setattr(cpu_module, "keep_freed_memory", lambda: calls.append(1) or True)
+    off = [] if reuse else ["--no-reuse-memory"]
+    img = png(tmp_path / "x.png")
+    assert main(["predict", str(run_dir), str(img), *off]) == 0
+    assert main(["eval", str(run_dir), "--data", str(idx_dir), "--out", str(tmp_path / "ev"), *off]) == 0
+    assert main(["bench", "mobilenet_v3_small_minimal", "--width-mult", "0.25", "--resolution", "32",
+                 "--batch", "1", "--backends", "eager", "--seconds", "0.05", "--threads", "1", *off]) == 0
+    assert len(calls) == (3 if reuse else 0)
+    capsys.readouterr()
+
+
+def test_bench_records_which_allocator_behaviour_it_measured():
+    """``freed_memory_kept`` says whether keep_freed_memory applied in this process, and the
+    bench report's machine record carries it (the setting cannot be undone, so a later
+    ``reuse_memory=False`` run in the same process still measures kept memory)."""
+    code = ("import torch, mobilenets\nfrom mobilenets import bench, cpu\n"
+            "m = mobilenets.create_model('mobilenet_v3_small_minimal', width_mult=0.25, num_classes=4)\n"
+            "kw = dict(batches=(1,), resolution=32, backends=('eager',), threads=1, seconds=0.02, peak_size=64)\n"
+            "before = cpu.freed_memory_kept()\n"
+            "plain = bench.benchmark(m, reuse_memory=False, **kw).machine['malloc']\n"
+            "kept = bench.benchmark(m, **kw).machine['malloc']\n"
+            "after = bench.benchmark(m, reuse_memory=False, **kw).machine['malloc']\n"
+            "print(before, plain, '|', kept, '|', after, cpu.freed_memory_kept())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert out.split("|") == ["False default ", " freed memory kept ", " freed memory kept True\n"]
+    else:
+        assert out.split("|") == ["False default ", " default ", " default False\n"]

@@ -14,8 +14,8 @@ Backends (:data:`BACKENDS`):
 * ``torchscript``: the same, traced, frozen and ``torch.jit.optimize_for_inference``
   (oneDNN convolutions with pre-packed weights).
 * ``compile``: the ``channels_last`` model through ``torch.compile`` (Inductor, static
-  shapes, the options of :func:`compile_options`; compiles once per batch size, which can
-  take a minute).
+  shapes, weights frozen as constants, the options of :func:`compile_options`, built by
+  :func:`compile_model`; compiles once per batch size, which can take a minute).
 * ``compile-bf16``: the same in bfloat16 (:func:`mobilenets.deploy.bf16_inference`:
   bf16 weights and activations, float32 in and out), on CPUs with native bf16
   instructions (AVX-512-BF16/AMX) only. Not exact: ``mobilenets eval --precision bf16``
@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import deploy
+from . import cpu, deploy
 from .conventions import check_choice
 from .errors import MobilenetsError
 from .profile import profile
@@ -69,13 +69,15 @@ BACKENDS: tuple[str, ...] = ("eager", "channels_last", "torchscript", "compile",
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "channels_last", "compile", "onnxruntime",
                                      "onnxruntime-int8")
 #: Inductor options of the compiling backends, from the interleaved A/B of
-#: ``benchmarks/compile_options.py`` (README: Latency): ``freezing`` turns the weights into
-#: constants that Inductor pre-packs for oneDNN, ``cpp_wrapper`` calls the kernels from C++
-#: instead of Python; together 0-5 % faster on V2 and V3-Large.
+#: ``benchmarks/compile_options.py`` (README: Latency). ``freezing`` (through
+#: :func:`compile_model`) turns the weights into constants: BatchNorm folds into the
+#: convolutions and oneDNN gets pre-packed weights; on the AVX2 machine 1.17-1.23× faster on
+#: V2, 0.90-1.03× on V3-Large. ``cpp_wrapper`` calls the kernels from C++ instead of
+#: Python: 1.04-1.11×.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 #: ``max_autotune`` (Inductor times its own GEMM kernels against the library's and keeps
-#: the faster) gained up to 11 % at batch 1 but cost up to 11 % at batch 32, so it is used
-#: up to this batch size only.
+#: the faster) gained up to 11 % at batch 1 but cost up to 11 % at batch 32 on the AVX-512
+#: machine, so it is used up to this batch size only.
 AUTOTUNE_MAX_BATCH = 1
 ROUNDS = 3
 WARMUP_CALLS = 3
@@ -88,6 +90,25 @@ MAX_RETRIES = 4
 def compile_options(batch: int) -> dict[str, Any]:
     """The Inductor options the compiling backends use at ``batch``."""
     return {**COMPILE_OPTIONS, "max_autotune": batch <= AUTOTUNE_MAX_BATCH}
+
+
+def compile_model(module: nn.Module, options: dict[str, Any]) -> Callable[[torch.Tensor], Any]:
+    """``torch.compile(module, dynamic=False, options=options)`` for inference, with
+    ``freezing`` that really freezes.
+
+    Dynamo decides while it traces whether parameters become graph constants, and it reads
+    ``torch._inductor.config.freezing`` for that; ``options=`` reaches Inductor only later,
+    so ``options={"freezing": True}`` alone freezes nothing (torch 2.13: the weights stay
+    graph inputs, no convolution is pre-packed). The config is therefore also set around
+    each call, which is when Dynamo traces (first call, new shapes)."""
+    compiled = torch.compile(module, dynamic=False, options=options)
+    if not options.get("freezing"):
+        return compiled
+
+    def run(x: torch.Tensor) -> Any:
+        with torch._inductor.config.patch(freezing=True):
+            return compiled(x)
+    return run
 
 
 @dataclass
@@ -137,7 +158,8 @@ class BenchReport:
                  f"{self.threads} threads on {self.machine.get('cpu', 'this CPU')}; fp32 "
                  f"matmul peak {self.peak_gmadds_per_s:.1f} GMAdd/s; load average "
                  f"{self.machine.get('load_average_start', '?')} -> "
-                 f"{self.machine.get('load_average_end', '?')}", ""]
+                 f"{self.machine.get('load_average_end', '?')}; malloc: "
+                 f"{self.machine.get('malloc', '?')}", ""]
         rows = [("backend", "batch", "median ms", "p90 ms", "img/s", "GMAdd/s", "% peak", "calls")]
         notes = []
         for r in self.results:
@@ -263,11 +285,10 @@ def load_average() -> float | None:
 
 def machine_info() -> dict[str, Any]:
     """CPU model and software versions, so results can be compared across runs."""
-    from . import cpu
-
     name = cpu.cpuinfo("model name") or platform.processor() or platform.machine()
     info: dict[str, Any] = {"cpu": name, "isa": cpu.recorded_isa(), "logical_cpus": os.cpu_count(),
-                            "torch": torch.__version__, "python": platform.python_version()}
+                            "torch": torch.__version__, "python": platform.python_version(),
+                            "malloc": "freed memory kept" if cpu.freed_memory_kept() else "default"}
     load = load_average()
     if load is not None:
         info["load_average_start"] = load
@@ -341,14 +362,13 @@ class _Backends:
                     module = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
                 xc = x
             elif backend == "compile":
-                module = torch.compile(self.ready_cl, dynamic=False, options=compile_options(batch))
+                module = compile_model(self.ready_cl, compile_options(batch))
             elif backend == "compile-bf16":
                 from .cpu import bf16_supported
 
                 if not bf16_supported():
                     raise MobilenetsError("this CPU has no native bf16 instructions (AVX-512-BF16 or AMX)")
-                module = torch.compile(deploy.bf16_inference(self.model), dynamic=False,
-                                       options=compile_options(batch))
+                module = compile_model(deploy.bf16_inference(self.model), compile_options(batch))
 
             def run() -> Any:
                 with torch.inference_mode():
@@ -361,12 +381,15 @@ class _Backends:
 
 def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resolution: int = 224,
               backends: Sequence[str] = DEFAULT_BACKENDS, threads: int | None = None,
-              seconds: float = 1.5, peak_size: int = 2048,
+              seconds: float = 1.5, peak_size: int = 2048, reuse_memory: bool = True,
               log: Callable[[str], None] | None = None) -> BenchReport:
     """Time ``model`` on every backend and batch size; see the module docstring.
 
     ``seconds`` is the timed budget per backend and batch size, ``peak_size`` the side of
-    the matmul that measures the peak, ``log`` receives progress lines.
+    the matmul that measures the peak, ``log`` receives progress lines. ``reuse_memory``
+    applies :func:`mobilenets.cpu.keep_freed_memory` to the whole process first, as the
+    trainer and ``mobilenets eval``/``predict`` do; the report's ``machine["malloc"]``
+    records which allocator behaviour was measured.
     """
     for b in backends:
         check_choice("backend", b, BACKENDS)
@@ -376,6 +399,8 @@ def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resoluti
         raise MobilenetsError(f"resolution must be >= 8, got {resolution}")
     threads = threads or torch.get_num_threads()
     log = log or (lambda _msg: None)
+    if reuse_memory:
+        cpu.keep_freed_memory()
     channels = deploy.input_channels(model)
     # Export needs a preprocessing record; its mean/std do not change the graph's speed.
     pre = {"input_size": resolution, "channels": channels, "mean": [0.5] * channels,

@@ -50,6 +50,22 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, help="dropout before the classifier")
 
 
+def add_reuse_memory_option(p: argparse.ArgumentParser, gain: str) -> None:
+    """``--no-reuse-memory``; ``gain`` says what keeping freed memory measured here."""
+    p.add_argument("--no-reuse-memory", dest="reuse_memory", action="store_false",
+                   help="leave glibc's malloc returning freed memory to the kernel (by default "
+                        f"it is kept for reuse: no page faults per batch, {gain})")
+
+
+def reuse_memory(args: argparse.Namespace) -> None:
+    """Apply ``--no-reuse-memory``'s default: :func:`mobilenets.cpu.keep_freed_memory` for
+    the whole process, before any tensor is allocated."""
+    if getattr(args, "reuse_memory", True):
+        from .cpu import keep_freed_memory
+
+        keep_freed_memory()
+
+
 def model_kwargs_from_args(args: argparse.Namespace) -> dict:
     keys = ("width_mult", "num_classes", "in_chans", "depth_multiplier", "padding",
             "width_convention", "small_input", "output_stride", "dropout")
