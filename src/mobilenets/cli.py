@@ -58,8 +58,8 @@ def add_reuse_memory_option(p: argparse.ArgumentParser, gain: str) -> None:
 
 
 def reuse_memory(args: argparse.Namespace) -> None:
-    """Apply ``--no-reuse-memory``'s default: :func:`mobilenets.cpu.keep_freed_memory` for
-    the whole process, before any tensor is allocated."""
+    """Apply ``--no-reuse-memory``'s default: :func:`mobilenets.cpu.keep_freed_memory`, for
+    the rest of the process (it cannot be undone), before the command's own work."""
     if getattr(args, "reuse_memory", True):
         from .cpu import keep_freed_memory
 
