@@ -65,7 +65,25 @@ def child(model: str, mode: str, steps: int, threads: int, batch: int) -> dict[s
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def main() -> None:
+def summarize(model: str, batch: int, rounds: list[dict[str, dict[str, float]]]) -> dict:
+    """One model's row: per-round speed-ups (the malloc setting: kept over default; the
+    trainer: kept over plain; and kept + compile over plain where measured) as medians with
+    ranges, and the median over rounds of every configuration's figures."""
+    modes = list(rounds[0])
+    row: dict = {"model": model, "batch": batch, "rounds": rounds}
+    ratios_of = [("speedup", "default", "kept"), ("trainer_vs_plain", "plain", "kept")]
+    if "kept_compile" in modes:
+        ratios_of.append(("compiled_vs_plain", "plain", "kept_compile"))
+    for name, base, config in ratios_of:
+        ratios = [r[base]["step_s"] / r[config]["step_s"] for r in rounds]
+        row[name], row[name + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
+    for mode in modes:
+        for key in ("step_s", "faults_per_step", "system_s_per_step", "peak_rss_mib"):
+            row[f"{mode}_{key}"] = statistics.median(r[mode][key] for r in rounds)
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="mobilenet_v2,mobilenet_v3_large,mobilenet_v3_small")
     p.add_argument("--batch", type=int, default=256)
@@ -75,7 +93,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "malloc.json"))
     p.add_argument("--compile", action="store_true", help="add the kept + torch.compile configuration")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.child:
         print(json.dumps(child(*args.child, args.steps, args.threads, args.batch)))
         return
@@ -92,16 +110,7 @@ def main() -> None:
                 [sys.executable, __file__, "--child", model, mode, "--steps", str(args.steps),
                  "--threads", str(args.threads), "--batch", str(args.batch)],
                 check=True, capture_output=True, text=True).stdout.splitlines()[-1]) for mode in modes})
-        row = {"model": model, "batch": args.batch, "rounds": rounds}
-        ratios_of = [("speedup", "default", "kept"), ("trainer_vs_plain", "plain", "kept")]
-        if args.compile:
-            ratios_of.append(("compiled_vs_plain", "plain", "kept_compile"))
-        for name, base, config in ratios_of:
-            ratios = [r[base]["step_s"] / r[config]["step_s"] for r in rounds]
-            row[name], row[name + "_range"] = statistics.median(ratios), [min(ratios), max(ratios)]
-        for mode in modes:
-            for key in ("step_s", "faults_per_step", "system_s_per_step", "peak_rss_mib"):
-                row[f"{mode}_{key}"] = statistics.median(r[mode][key] for r in rounds)
+        row = summarize(model, args.batch, rounds)
         rows.append(row)
         print(model, f"kept/default ×{row['speedup']:.2f}, kept/plain ×{row['trainer_vs_plain']:.2f}"
               + (f", kept+compile/plain ×{row['compiled_vs_plain']:.2f}" if args.compile else ""), flush=True)

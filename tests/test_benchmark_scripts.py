@@ -104,3 +104,32 @@ def test_eval_malloc_compares_the_two_processes_and_refuses_different_scores(mon
         "seconds": 1.0, "page_faults": 0, "top1": 0.5 if extra else 0.6})
     with pytest.raises(SystemExit, match="scored differently"):
         eval_malloc.main(["ckpt", "--rounds", "1", "--out", str(tmp_path / "f.json")])
+
+
+def test_malloc_ratios_are_per_round_and_every_mode_runs_in_its_own_process(monkeypatch, tmp_path):
+    """``malloc.py``: each configuration in its own child process every round (a malloc
+    setting holds for a whole process), speed-ups taken within a round, then medians."""
+    malloc = load("malloc", monkeypatch)
+    step = {"plain": [2.0, 2.2, 1.8], "default": [1.1, 1.2, 1.0], "kept": [1.0, 1.0, 0.9]}
+    seen = []
+
+    def fake_run(cmd, check, capture_output, text):
+        model, mode = cmd[cmd.index("--child") + 1: cmd.index("--child") + 3]
+        seen.append((model, mode))
+        k = sum(m == mode for _, m in seen) - 1
+        figures = {"step_s": step[mode][k], "faults_per_step": 100_000 if mode != "kept" else 0,
+                   "system_s_per_step": 0.1, "peak_rss_mib": 1000.0}
+
+        class Done:
+            stdout = "oneDNN chatter\n" + json.dumps(figures)
+        return Done()
+
+    monkeypatch.setattr(malloc.subprocess, "run", fake_run)
+    malloc.main(["--models", "mobilenet_v3_small", "--rounds", "3", "--out", str(tmp_path / "m.json")])
+    assert seen == [("mobilenet_v3_small", m) for _ in range(3) for m in malloc.MODES]
+    row = json.loads((tmp_path / "m.json").read_text())["rows"][0]
+    assert row["speedup"] == pytest.approx(1.0 / 0.9)  # rounds: 1.1, 1.2, 1.11
+    assert row["speedup_range"] == pytest.approx([1.1, 1.2])
+    assert row["trainer_vs_plain"] == pytest.approx(2.0)  # rounds: 2.0, 2.2, 2.0
+    assert row["kept_faults_per_step"] == 0 and row["plain_step_s"] == 2.0
+    assert "compiled_vs_plain" not in row
