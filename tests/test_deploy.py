@@ -431,6 +431,43 @@ def test_compile_model_freezing_really_freezes():
     torch._dynamo.reset()
 
 
+class _OneConv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).relu()
+
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_compile_model_compiles_every_model_not_just_the_first_eight():
+    """Dynamo counts the compilations of one ``forward`` across all models of a class (a
+    frozen model is its own graph) and, past 8, silently runs the next ones uncompiled;
+    ``compile_model`` compiles them all."""
+    from torch._dynamo.utils import counters
+
+    def frozen(m: nn.Module):
+        compiled = torch.compile(m, dynamic=False)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch._inductor.config.patch(freezing=True):
+                return compiled(x)
+        return run
+
+    x = torch.randn(1, 1, 6, 6)
+    for compile_fn, expected in ((frozen, 8), (lambda m: bench.compile_model(m, {"freezing": True}), 10)):
+        torch._dynamo.reset()
+        counters.clear()
+        models = [_OneConv().eval() for _ in range(10)]  # alive together, as a bench's backends are
+        with torch.inference_mode(), torch._inductor.config.patch(force_disable_caches=True):
+            for m in models:
+                torch.testing.assert_close(compile_fn(m)(x), m(x))
+        assert counters["stats"]["unique_graphs"] == expected
+    torch._dynamo.reset()
+
+
 def test_contended_rounds_are_repeated_then_reported(monkeypatch):
     assert bench.others_share((10.0, 100.0, 2.0), (12.0, 104.0, 3.0)) == 0.25
     assert bench.others_share(None, (1.0, 2.0, 0.0)) is None

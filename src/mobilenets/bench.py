@@ -71,13 +71,13 @@ DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "channels_last", "compile", "onnxr
 #: Inductor options of the compiling backends, from the interleaved A/B of
 #: ``benchmarks/compile_options.py`` (README: Latency). ``freezing`` (through
 #: :func:`compile_model`) turns the weights into constants: BatchNorm folds into the
-#: convolutions and oneDNN gets pre-packed weights; on the AVX2 machine 1.17-1.23× faster on
-#: V2, 0.90-1.03× on V3-Large. ``cpp_wrapper`` calls the kernels from C++ instead of
-#: Python: 1.04-1.11×.
+#: convolutions and oneDNN gets pre-packed weights: 1.10-1.52× faster on the AVX2 machine
+#: (V2 and V3-Large, batch 1 and 32). ``cpp_wrapper`` calls the kernels from C++ instead of
+#: Python: 1.01-1.14×.
 COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 #: ``max_autotune`` (Inductor times its own GEMM kernels against the library's and keeps
-#: the faster) gained up to 11 % at batch 1 but cost up to 11 % at batch 32 on the AVX-512
-#: machine, so it is used up to this batch size only.
+#: the faster) gained 3-10 % at batch 1 and cost 1-3 % at batch 32 on the AVX2 machine, so
+#: it is used up to this batch size only.
 AUTOTUNE_MAX_BATCH = 1
 ROUNDS = 3
 WARMUP_CALLS = 3
@@ -92,22 +92,32 @@ def compile_options(batch: int) -> dict[str, Any]:
     return {**COMPILE_OPTIONS, "max_autotune": batch <= AUTOTUNE_MAX_BATCH}
 
 
+#: Compilations of one ``forward`` that :func:`compile_model` allows per process. Dynamo's
+#: default, 8, counts every model of a class together (and those not yet garbage-collected),
+#: and past it Dynamo silently runs the *uncompiled* model: a benchmark comparing several
+#: compiled models or batch sizes then times eager PyTorch under the name of ``compile``.
+RECOMPILE_LIMIT = 64
+
+
 def compile_model(module: nn.Module, options: dict[str, Any]) -> Callable[[torch.Tensor], Any]:
     """``torch.compile(module, dynamic=False, options=options)`` for inference, with
-    ``freezing`` that really freezes.
+    ``freezing`` that really freezes and no silent fallback to the uncompiled model.
 
     Dynamo decides while it traces whether parameters become graph constants, and it reads
     ``torch._inductor.config.freezing`` for that; ``options=`` reaches Inductor only later,
     so ``options={"freezing": True}`` alone freezes nothing (torch 2.13: the weights stay
-    graph inputs, no convolution is pre-packed). The config is therefore also set around
-    each call, which is when Dynamo traces (first call, new shapes); that costs about 24 µs
-    per call, 0.3 % of V3-Large's 8.8 ms at batch 1."""
+    graph inputs, no convolution is pre-packed). Dynamo's settings are therefore set around
+    each call, which is when it traces (first call, new shapes): ``freezing``, and a
+    recompile limit of :data:`RECOMPILE_LIMIT` that raises when hit instead of falling back
+    to eager. The two settings cost about 55 µs per call, 0.6 % of V3-Large's 8.8 ms at
+    batch 1."""
     compiled = torch.compile(module, dynamic=False, options=options)
-    if not options.get("freezing"):
-        return compiled
+    freezing = bool(options.get("freezing"))
 
     def run(x: torch.Tensor) -> Any:
-        with torch._inductor.config.patch(freezing=True):
+        with torch._inductor.config.patch(freezing=freezing), torch._dynamo.config.patch(
+                recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit),
+                fail_on_recompile_limit_hit=True):
             return compiled(x)
     return run
 
