@@ -324,14 +324,9 @@ def _channels_last_step(model):
 def test_memory_format_benchmark_rebuilds_the_earlier_layers(name, monkeypatch):
     """``benchmarks/memory_format.py``'s "before" network is the same network with the
     earlier layers: the same outputs, but NCHW gradients (and, with ReLU6, clones)."""
-    import importlib.util
-    from pathlib import Path
+    from test_benchmark_scripts import load
 
-    bench = Path(__file__).resolve().parents[1] / "benchmarks"
-    monkeypatch.syspath_prepend(str(bench))
-    spec = importlib.util.spec_from_file_location("memory_format", bench / "memory_format.py")
-    memory_format = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(memory_format)
+    memory_format = load("memory_format", monkeypatch)
     model = mobilenets.create_model(name, num_classes=4, in_chans=1, small_input=True, dropout=0.0,
                                     **SMALL).eval()
     before = memory_format.with_earlier_layers(copy.deepcopy(model))
