@@ -7,7 +7,9 @@ the defaults). A malloc setting holds for a whole process, so each configuration
 its own child process, the three alternating for ``--rounds`` rounds:
 
 * plain: ``train_throughput.py``'s plain step (NCHW, fp32, default SGD), glibc's defaults;
-* default: its optimised step (channels_last, fused SGD, the trainer's precision), glibc's
+* default: its optimised step (channels_last, fused SGD, the trainer's precision: with
+  ``--precision auto`` a child process with freed memory kept times both as the trainer
+  does, once per model, and every optimised configuration uses its choice), glibc's
   defaults;
 * kept: the optimised step with freed memory kept, as the trainer runs it;
 * with ``--compile``, also kept + ``torch.compile`` of the model (``train --compile``),
@@ -20,7 +22,7 @@ against the plain baseline); writes ``benchmarks/results/malloc.json`` and print
 Markdown table.
 
     python benchmarks/malloc.py [--models mobilenet_v2,...] [--rounds 3] [--steps 8] [--threads 2]
-        [--compile] [--out FILE]
+        [--precision auto|fp32|bf16] [--compile] [--out FILE]
 """
 
 from __future__ import annotations
@@ -33,24 +35,33 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("plain", "default", "kept")
 
 
-def child(model: str, mode: str, steps: int, threads: int, batch: int) -> dict[str, float]:
-    """One configuration in this process: the malloc setting first, then the timed steps."""
+def child(model: str, mode: str, steps: int, threads: int, batch: int, bf16: bool) -> dict[str, Any]:
+    """One configuration in this process: the malloc setting first, then the timed steps;
+    or, as mode ``trial``, the trainer's ``--precision auto`` choice in a process like its."""
     from mobilenets import cpu
 
-    if mode.startswith("kept") and not cpu.keep_freed_memory():
+    if (mode.startswith("kept") or mode == "trial") and not cpu.keep_freed_memory():
         raise SystemExit("keep_freed_memory does not apply here (glibc only)")
     import torch
 
     from train_throughput import make_step
 
     torch.set_num_threads(threads)
+    if mode == "trial":
+        import mobilenets
+        from mobilenets.train import faster_precision, time_precisions
+
+        net = mobilenets.create_model(model, num_classes=10, in_chans=1, small_input=True)
+        times = time_precisions(net.train().to(memory_format=torch.channels_last), (batch, 1, 28, 28), 10, True)
+        return {"precision": faster_precision(times), "seconds": times}
     optimised = mode != "plain"
-    step, _ = make_step(model, optimised, optimised, batch, 28, True, compile=mode == "kept_compile")
+    step, _ = make_step(model, optimised, optimised and bf16, batch, 28, True, compile=mode == "kept_compile")
     for _ in range(3):  # warm-up: oneDNN primitives, glibc's heap settling
         step()
     times, faults, system = [], [], []
@@ -92,33 +103,44 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "malloc.json"))
     p.add_argument("--compile", action="store_true", help="add the kept + torch.compile configuration")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="of the optimised configurations; auto: as the trainer chooses (timed once per model)")
     p.add_argument("--child", nargs=2, metavar=("MODEL", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(*args.child, args.steps, args.threads, args.batch)))
+        print(json.dumps(child(*args.child, args.steps, args.threads, args.batch, args.precision == "bf16")))
         return
 
     from mobilenets.bench import machine_info
+    from mobilenets.cpu import bf16_supported
 
     modes = MODES + (("kept_compile",) if args.compile else ())
     rows = []
     t0 = time.perf_counter()
+
+    def run_child(model: str, mode: str, precision: str) -> dict[str, Any]:
+        return json.loads(subprocess.run(
+            [sys.executable, __file__, "--child", model, mode, "--steps", str(args.steps), "--threads",
+             str(args.threads), "--batch", str(args.batch), "--precision", precision],
+            check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+
     for model in args.models.split(","):
-        rounds = []
-        for _ in range(args.rounds):
-            rounds.append({mode: json.loads(subprocess.run(
-                [sys.executable, __file__, "--child", model, mode, "--steps", str(args.steps),
-                 "--threads", str(args.threads), "--batch", str(args.batch)],
-                check=True, capture_output=True, text=True).stdout.splitlines()[-1]) for mode in modes})
-        row = summarize(model, args.batch, rounds)
+        precision, trial = args.precision, None
+        if precision == "auto":
+            trial = run_child(model, "trial", "auto") if bf16_supported() else None
+            precision = trial["precision"] if trial else "fp32"
+        rounds = [{mode: run_child(model, mode, precision) for mode in modes} for _ in range(args.rounds)]
+        row = {**summarize(model, args.batch, rounds), "precision": precision,
+               "precision_trial_s": trial and trial["seconds"]}
         rows.append(row)
-        print(model, f"kept/default ×{row['speedup']:.2f}, kept/plain ×{row['trainer_vs_plain']:.2f}"
+        print(model, f"{precision}: kept/default ×{row['speedup']:.2f}, kept/plain ×{row['trainer_vs_plain']:.2f}"
               + (f", kept+compile/plain ×{row['compiled_vs_plain']:.2f}" if args.compile else ""), flush=True)
 
     result = {"benchmark": "malloc", "machine": machine_info(), "threads": args.threads, "rows": rows,
               "minutes": (time.perf_counter() - t0) / 60,
               "command": f"python benchmarks/malloc.py --models {args.models} --batch {args.batch} "
-                         f"--rounds {args.rounds} --steps {args.steps} --threads {args.threads}"
+                         f"--rounds {args.rounds} --steps {args.steps} --threads {args.threads} "
+                         f"--precision {args.precision}"
                          + (" --compile" if args.compile else "")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.compile:
             lo, hi = r["compiled_vs_plain_range"]
             ratios.append(f"{args.batch / r['kept_compile_step_s']:.0f} | ×{r['compiled_vs_plain']:.2f} ({lo:.2f}-{hi:.2f})")
-        print(f"| `{r['model']}` | {args.batch / r['plain_step_s']:.0f} | {args.batch / r['default_step_s']:.0f} | "
+        print(f"| `{r['model']}` ({r['precision']}) | {args.batch / r['plain_step_s']:.0f} | {args.batch / r['default_step_s']:.0f} | "
               f"{r['default_faults_per_step']:,.0f} | {r['default_system_s_per_step']:.2f} | "
               f"{r['default_peak_rss_mib']:,.0f} MiB | {args.batch / r['kept_step_s']:.0f} | "
               f"{r['kept_faults_per_step']:,.0f} | {r['kept_peak_rss_mib']:,.0f} MiB | " + " | ".join(ratios) + " |")

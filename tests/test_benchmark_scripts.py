@@ -115,19 +115,29 @@ def test_malloc_ratios_are_per_round_and_every_mode_runs_in_its_own_process(monk
 
     def fake_run(cmd, check, capture_output, text):
         model, mode = cmd[cmd.index("--child") + 1: cmd.index("--child") + 3]
-        seen.append((model, mode))
-        k = sum(m == mode for _, m in seen) - 1
+        seen.append((model, mode, cmd[cmd.index("--precision") + 1]))
+
+        class Done:
+            stdout = "oneDNN chatter\n" + json.dumps({"precision": "fp32", "seconds": {"fp32": 1.0, "bf16": 1.1}})
+        if mode == "trial":
+            return Done()
+        k = sum(m == mode for _, m, _ in seen) - 1
         figures = {"step_s": step[mode][k], "faults_per_step": 100_000 if mode != "kept" else 0,
                    "system_s_per_step": 0.1, "peak_rss_mib": 1000.0}
 
-        class Done:
-            stdout = "oneDNN chatter\n" + json.dumps(figures)
+        Done.stdout = json.dumps(figures)
         return Done()
 
+    import mobilenets.cpu
+
     monkeypatch.setattr(malloc.subprocess, "run", fake_run)
+    monkeypatch.setattr(mobilenets.cpu, "bf16_supported", lambda: True)
     malloc.main(["--models", "mobilenet_v3_small", "--rounds", "3", "--out", str(tmp_path / "m.json")])
-    assert seen == [("mobilenet_v3_small", m) for _ in range(3) for m in malloc.MODES]
+    # --precision auto: the trainer's choice, timed once in its own process, for every configuration
+    assert seen == [("mobilenet_v3_small", "trial", "auto")] + [
+        ("mobilenet_v3_small", m, "fp32") for _ in range(3) for m in malloc.MODES]
     row = json.loads((tmp_path / "m.json").read_text())["rows"][0]
+    assert row["precision"] == "fp32" and row["precision_trial_s"] == {"fp32": 1.0, "bf16": 1.1}
     assert row["speedup"] == pytest.approx(1.0 / 0.9)  # rounds: 1.1, 1.2, 1.11
     assert row["speedup_range"] == pytest.approx([1.1, 1.2])
     assert row["trainer_vs_plain"] == pytest.approx(2.0)  # rounds: 2.0, 2.2, 2.0

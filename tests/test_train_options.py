@@ -257,3 +257,77 @@ def test_warnings_for_a_reused_run_directory_and_an_init_holdout(idx_dir: Path, 
         Trainer(_cfg(idx_dir, tmp_path / "ft3", epochs=1, init=init, model_kwargs={}))
     with pytest.raises(MobilenetsError, match="is an exported model; --init takes the .safetensors"):
         Trainer(_cfg(idx_dir, tmp_path / "x", epochs=1, init=str(tmp_path / "m.onnx"), model_kwargs={}))
+
+
+def test_time_precisions_times_both_and_leaves_the_model_and_random_streams_alone() -> None:
+    from mobilenets import create_model
+    from mobilenets.train import time_precisions
+
+    torch.manual_seed(0)
+    model = create_model("mobilenet_v3_small", num_classes=4, in_chans=1, small_input=True, width_mult=0.25)
+    model = model.train().to(memory_format=torch.channels_last)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    times = time_precisions(model, (4, 1, 16, 16), 4, channels_last=True, steps=2)
+    assert set(times) == {"fp32", "bf16"} and all(0 < t < 60 for t in times.values())
+    assert torch.equal(torch.get_rng_state(), rng)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # weights and BN statistics
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("times, chosen", [({"fp32": 1.0, "bf16": 0.8}, "bf16"),
+                                           ({"fp32": 1.0, "bf16": 0.97}, "fp32"),  # under 5 %: fp32
+                                           ({"fp32": 1.0, "bf16": 1.3}, "fp32")])
+def test_auto_precision_on_a_bf16_cpu_trains_in_the_faster_one(idx_dir: Path, tmp_path: Path, monkeypatch,
+                                                                 times, chosen) -> None:
+    import mobilenets.train as train_module
+
+    trials = []
+    monkeypatch.setattr(train_module, "bf16_supported", lambda: True)
+    monkeypatch.setattr(train_module, "time_precisions",
+                        lambda model, shape, *a: trials.append(shape) or dict(times))
+    trainer = Trainer(_cfg(idx_dir, tmp_path / "r", precision="auto", epochs=1, max_steps=1))
+    assert trials == [(16, 1, 28, 28)]  # the micro-batch at the data's size
+    assert trainer.precision == chosen and trainer.precision_trial == times
+    assert trainer.amp_dtype == (torch.bfloat16 if chosen == "bf16" else None)
+    trainer.fit()
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["precision"] == "auto" and saved["precision_used"] == chosen
+    assert saved["precision_trial_s"] == times
+
+
+@pytest.mark.parametrize("precision, bf16_cpu", [("fp32", True), ("bf16", True), ("auto", False)])
+def test_precision_is_timed_only_when_auto_has_a_choice(idx_dir: Path, tmp_path: Path, monkeypatch,
+                                                        precision, bf16_cpu) -> None:
+    import mobilenets.train as train_module
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda: bf16_cpu)
+    monkeypatch.setattr(train_module, "time_precisions", lambda *a: pytest.fail("timed without a choice"))
+    trainer = Trainer(_cfg(idx_dir, tmp_path / "r", precision=precision))
+    assert trainer.precision == ("fp32" if precision == "auto" else precision)
+    assert trainer.precision_trial is None
+
+
+def test_every_process_trains_in_the_first_processes_precision(idx_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Each process times the precisions on its own; a distributed run must still train in
+    one, so all take the first process's choice."""
+    import torch.distributed as dist
+
+    import mobilenets.train as train_module
+
+    sent = []
+
+    def broadcast(objects, src):
+        sent.append((list(objects), src))
+        objects[0] = "fp32"  # what the first process chose
+
+    monkeypatch.setattr(train_module, "bf16_supported", lambda: True)
+    monkeypatch.setattr(train_module, "time_precisions", lambda *a: {"fp32": 1.0, "bf16": 0.5})
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        trainer = Trainer(_cfg(idx_dir, tmp_path / "r", precision="auto"), rank=1, world_size=2)
+    finally:
+        dist.destroy_process_group()
+    assert sent == [(["bf16"], 0)] and trainer.precision == "fp32" and trainer.amp_dtype is None

@@ -18,6 +18,7 @@ uninterrupted one step for step.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -25,6 +26,7 @@ import math
 import os
 import shutil
 import signal
+import statistics
 import sys
 import time
 import warnings
@@ -262,13 +264,14 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 autocast on GPUs (fp16 where bf16 is missing) and on CPUs with native
-    bf16 instructions (AVX-512-BF16/AMX); fp32 on other CPUs.
+    """``auto``: bf16 autocast on GPUs (fp16 where bf16 is missing) and, as a candidate, on
+    CPUs with native bf16 instructions (AVX-512-BF16/AMX), where the trainer then times
+    both (:func:`time_precisions`); fp32 on other CPUs.
 
-    On this project's AVX-512-BF16 machine bf16 training steps (with the depthwise
-    convolutions kept in fp32, see ``ConvNormAct``) measured ×1.1 (V3-Small) to ×1.7 (V2)
-    faster than fp32 channels-last, at no accuracy cost measured on Fashion-MNIST (one
-    3-epoch V3-Small run each: 91.35 % bf16 against 91.38 % fp32).
+    On a Zen 4 EPYC (AVX-512-BF16) bf16 training steps (with the depthwise convolutions
+    kept in fp32, see ``ConvNormAct``) measured ×1.1 (V3-Small) to ×1.7 (V2) faster than
+    fp32 channels-last, at no accuracy cost measured on Fashion-MNIST (one 3-epoch V3-Small
+    run each: 91.35 % bf16 against 91.38 % fp32).
     """
     if device.type == "cuda":
         if precision == "auto":
@@ -281,6 +284,49 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if bf16_supported() else "fp32"
     return precision
+
+
+#: ``auto`` precision on a CPU with native bf16 times this many training steps in each
+#: precision (after one warm-up step each, alternating) before it picks one.
+PRECISION_TRIAL_STEPS = 3
+#: bf16 must make the step at least this much faster to be chosen: fp32 does not round.
+BF16_MIN_SPEEDUP = 1.05
+
+
+def time_precisions(model: nn.Module, batch_shape: tuple[int, ...], num_classes: int,
+                    channels_last: bool, steps: int = PRECISION_TRIAL_STEPS) -> dict[str, float]:
+    """Median seconds of one training step's forward, loss and backward in fp32 and under
+    bf16 autocast, on a copy of ``model`` and a random batch of ``batch_shape``.
+
+    Native bf16 does not make every network faster: V3's depthwise convolutions stay in fp32
+    (``ConvNormAct``) and each bf16 pointwise layer adds casts, so whether the rest gains
+    enough depends on the CPU and the model. On a Zen 4 EPYC bf16 trained all three of V2,
+    V3-Large and V3-Small faster; on a Xeon with AVX-512-BF16 but no AMX it gained ×1.16 on
+    V2 and lost 5-10 % on V3 (``benchmarks/train_throughput.py``). So ``auto`` measures.
+    The copy and :func:`torch.random.fork_rng` leave the model's weights, BatchNorm
+    statistics and the random streams as they were."""
+    trial = copy.deepcopy(model).train()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_shape, generator=generator)
+    x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    y = torch.randint(0, num_classes, batch_shape[:1], generator=generator)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    with torch.random.fork_rng(devices=[]):
+        for i in range(steps + 1):
+            for precision, seconds in times.items():
+                t = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    logits = trial(x)
+                F.cross_entropy(logits.float(), y).backward()
+                trial.zero_grad(set_to_none=True)
+                if i:  # the first round warms up
+                    seconds.append(time.perf_counter() - t)
+    return {precision: statistics.median(seconds) for precision, seconds in times.items()}
+
+
+def faster_precision(times: dict[str, float]) -> str:
+    """bf16 if it beat fp32 by :data:`BF16_MIN_SPEEDUP` in :func:`time_precisions`, else fp32."""
+    return "bf16" if times["fp32"] >= BF16_MIN_SPEEDUP * times["bf16"] else "fp32"
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -502,9 +548,6 @@ class Trainer:
         # QAT rounds to the int8 grid in fp32; bf16 activations would blur that grid.
         self.precision = resolve_precision("fp32" if cfg.qat and cfg.precision == "auto" else cfg.precision,
                                            self.device)
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        # fp16 needs loss scaling against underflow; bf16 and fp32 do not (scaler disabled).
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
         folder_kwargs: dict[str, Any] = {"seed": cfg.seed, "strict": cfg.strict}  # only image folders use these
         # Images are converted to the channels of the model being continued (an RGB
@@ -573,6 +616,13 @@ class Trainer:
             self._calibrate()
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        #: Seconds per step of each precision when ``auto`` timed them (:func:`time_precisions`).
+        self.precision_trial: dict[str, float] | None = None
+        if self.device.type == "cpu" and cfg.precision == "auto" and self.precision == "bf16":
+            self._choose_cpu_precision()
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        # fp16 needs loss scaling against underflow; bf16 and fp32 do not (scaler disabled).
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.ddp_model: nn.Module = self.model
         if world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -609,6 +659,17 @@ class Trainer:
             self._load_state(*last)
 
     # ---- setup helpers
+    def _choose_cpu_precision(self) -> None:
+        """``auto`` on a CPU with native bf16: the faster of fp32 and bf16 for this model at
+        this micro-batch and input size, every process taking the first one's choice."""
+        micro = max(1, self.cfg.batch_size // (self.world_size * self.cfg.accum_steps))
+        shape = (micro, self.channels, self.image_size, self.image_size)
+        times = time_precisions(self.model, shape, len(self.classes), self.cfg.channels_last)
+        choice = [faster_precision(times)]
+        if self.world_size > 1:
+            dist.broadcast_object_list(choice, src=0)
+        self.precision, self.precision_trial = choice[0], times
+
     @staticmethod
     def _from_init(config: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
         """The configuration with the model and options of the ``init`` checkpoint."""
@@ -963,7 +1024,8 @@ class Trainer:
             # "precision" stays as asked (auto re-decides on the machine that resumes); what ran is
             # recorded beside it.
             saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size,
-                     "precision_used": self.precision, "device_used": str(self.device)}
+                     "precision_used": self.precision, "precision_trial_s": self.precision_trial,
+                     "device_used": str(self.device)}
             atomic_write_bytes(self.run_dir / "config.json", json.dumps(saved, indent=2).encode())
         if cfg.resume and self.epoch >= cfg.epochs:
             self._log(f"{self.run_dir} has already trained {self.epoch} of {cfg.epochs} epochs; nothing "
@@ -974,6 +1036,9 @@ class Trainer:
                       f"{len(self.val_set)} val images, {self.channels}×{self.image_size}², "
                       f"{len(self.classes)} classes; {cfg.epochs} epochs × {self.steps_per_epoch} steps, "
                       f"batch {self.global_batch}, {cfg.optimizer} lr {cfg.lr:g}, {self.precision}"
+                      + (" (auto: {:.3g} s per step in bf16, {:.3g} s in fp32)".format(
+                          self.precision_trial["bf16"], self.precision_trial["fp32"])
+                         if self.precision_trial else "")
                       + (f", {self.world_size} processes" if self.world_size > 1 else "")
                       + (", quantization-aware (int8 simulated)" if cfg.qat else "")
                       + (", compiled (the first step compiles for a minute or two)" if cfg.compile else "")

@@ -46,7 +46,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="image folders: stop at unreadable image files instead of skipping them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="bf16 autocast where the CPU supports it (auto) or forced")
+                   help="auto: on a CPU with native bf16, whichever of bf16 autocast and fp32 trains "
+                        "this model faster (timed at the start); fp32 on other CPUs")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     add_reuse_memory_option(p, "CPU training steps up to 40 %% faster")
     p.add_argument("--compile", action="store_true",
