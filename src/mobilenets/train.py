@@ -300,9 +300,12 @@ def time_precisions(model: nn.Module, batch_shape: tuple[int, ...], num_classes:
 
     Native bf16 does not make every network faster: V3's depthwise convolutions stay in fp32
     (``ConvNormAct``) and each bf16 pointwise layer adds casts, so whether the rest gains
-    enough depends on the CPU and the model. On a Zen 4 EPYC bf16 trained all three of V2,
-    V3-Large and V3-Small faster; on a Xeon with AVX-512-BF16 but no AMX it gained ×1.16 on
-    V2 and lost 5-10 % on V3 (``benchmarks/train_throughput.py``). So ``auto`` measures.
+    enough depends on the CPU, the model and even the allocator. On a Zen 4 EPYC bf16
+    trained all three of V2, V3-Large and V3-Small faster; on a Xeon with AVX-512-BF16 but
+    no AMX it gained ×1.16 on V2 and lost 5-10 % on V3 with glibc's malloc defaults
+    (``benchmarks/train_throughput.py``), and lost on all three, 7-22 % per step, with freed
+    memory kept as the trainer runs (``benchmarks/malloc.py``). So ``auto`` measures, in the
+    trainer's own process.
     The copy and :func:`torch.random.fork_rng` leave the model's weights, BatchNorm
     statistics and the random streams as they were."""
     trial = copy.deepcopy(model).train()
