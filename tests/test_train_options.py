@@ -280,7 +280,7 @@ def test_time_precisions_times_both_and_leaves_the_model_and_random_streams_alon
                                            ({"fp32": 1.0, "bf16": 0.97}, "fp32"),  # under 5 %: fp32
                                            ({"fp32": 1.0, "bf16": 1.3}, "fp32")])
 def test_auto_precision_on_a_bf16_cpu_trains_in_the_faster_one(idx_dir: Path, tmp_path: Path, monkeypatch,
-                                                                 times, chosen) -> None:
+                                                                 capsys, times, chosen) -> None:
     import mobilenets.train as train_module
 
     trials = []
@@ -289,6 +289,7 @@ def test_auto_precision_on_a_bf16_cpu_trains_in_the_faster_one(idx_dir: Path, tm
                         lambda model, shape, *a: trials.append(shape) or dict(times))
     trainer = Trainer(_cfg(idx_dir, tmp_path / "r", precision="auto", epochs=1, max_steps=1))
     assert trials == [(16, 1, 28, 28)]  # the micro-batch at the data's size
+    assert "precision auto: timing 3 training steps in fp32 and in bf16" in capsys.readouterr().out
     assert trainer.precision == chosen and trainer.precision_trial == times
     assert trainer.amp_dtype == (torch.bfloat16 if chosen == "bf16" else None)
     trainer.fit()

@@ -667,6 +667,8 @@ class Trainer:
         this micro-batch and input size, every process taking the first one's choice."""
         micro = max(1, self.cfg.batch_size // (self.world_size * self.cfg.accum_steps))
         shape = (micro, self.channels, self.image_size, self.image_size)
+        self._log(f"precision auto: timing {PRECISION_TRIAL_STEPS} training steps in fp32 and in bf16 "
+                  "(--precision fp32|bf16 skips this)")
         times = time_precisions(self.model, shape, len(self.classes), self.cfg.channels_last)
         choice = [faster_precision(times)]
         if self.world_size > 1:
