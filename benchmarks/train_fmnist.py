@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 import mobilenets
+from mobilenets.bench import machine_info
 from mobilenets.checkpoint import load_model
 from mobilenets.data import load_dataset
 from mobilenets.profile import profile
@@ -72,7 +73,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
             "wall_minutes": wall_minutes, "minutes_to_93": reach93,
             "per_epoch_top1": accs, "params": prof.params, "madds_28px": prof.madds,
             "images_per_sec": sum(h["images_per_sec"] for h in hist) / len(hist),
-            "precision": result.precision, "threads": torch.get_num_threads()}
+            "precision": result.precision, "threads": torch.get_num_threads(), "machine": machine_info()}
 
 
 def rescore(run_dir: Path, test) -> dict[str, float]:
@@ -157,13 +158,14 @@ def options(row: dict) -> str:
 
 def print_table(results: dict[str, dict]) -> None:
     """The README's tables, each sorted by test top-1: the goal's setting (2 threads, in the
-    precision ``auto`` chose: bf16 on the Zen 4 machine),
+    precision ``auto`` chose: bf16 on the Zen 4 machine, whose runs predate the ``machine``
+    record), the goal's setting on each other CPU recorded (``machine``),
     then one table per ``--group``, then the older one-thread fp32 model-against-model runs
     (recorded before the fp32 and TTA scores were, so without those columns)."""
     tables: dict[str, list[dict]] = {"goal": []}
     for r in results.values():
-        goal = r["threads"] == 2
-        key = f"group {r['group']}" if "group" in r else ("goal" if goal else "older")
+        goal = "goal" if "machine" not in r else f"machine {r['machine']['cpu']}"
+        key = f"group {r['group']}" if "group" in r else (goal if r["threads"] == 2 else "older")
         tables.setdefault(key, []).append(r)
     tables["older"] = tables.pop("older", [])  # last
     for key, rows in tables.items():

@@ -44,3 +44,18 @@ def test_groups_get_their_own_table_between_goal_and_older(train_fmnist, capsys)
     ]
     assert "flip TTA" in tables[1] and "flip TTA" not in tables[3]
     assert "| 92.00 % | 92.00 % | 93.00 % |" in tables[1]
+
+
+def test_runs_that_record_their_machine_get_a_table_per_cpu(train_fmnist, capsys):
+    xeon = {"cpu": "Intel(R) Xeon(R) Processor"}
+    results = {r["run"]: r for r in [
+        row("mobilenet_v3_small_e4_zen", 0.94, fp32_top1=0.94, tta_top1=0.95),
+        row("mobilenet_v3_small_e4_xeon", 0.93, precision="fp32", machine=xeon, fp32_top1=0.93, tta_top1=0.94),
+        row("mobilenet_v3_small_e4_xeon2", 0.95, precision="fp32", machine=xeon, fp32_top1=0.95, tta_top1=0.95),
+    ]}
+    train_fmnist.print_table(results)
+    tables = [t for t in capsys.readouterr().out.split("\n\n") if t.strip()]
+    runs = [[line.split("`")[1] for line in t.splitlines()[2:]] for t in tables]
+    assert runs == [["--models mobilenet_v3_small --epochs 4 --tag zen"],
+                    ["--models mobilenet_v3_small --epochs 4 --tag xeon2",
+                     "--models mobilenet_v3_small --epochs 4 --tag xeon"]]
