@@ -310,6 +310,29 @@ def test_precision_is_timed_only_when_auto_has_a_choice(idx_dir: Path, tmp_path:
     assert trainer.precision_trial is None
 
 
+def test_a_finished_run_resumed_times_nothing_and_keeps_its_record(idx_dir: Path, tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """Resuming a run that has trained all its epochs trains nothing: no precision trial
+    (seconds to tens of seconds), and config.json keeps what the run trained in."""
+    import mobilenets.train as train_module
+
+    trials = []
+    monkeypatch.setattr(train_module, "bf16_supported", lambda: True)
+    monkeypatch.setattr(train_module, "time_precisions",
+                        lambda *a: trials.append(1) or {"fp32": 1.0, "bf16": 1.2})
+    run = tmp_path / "r"
+    Trainer(_cfg(idx_dir, run, precision="auto", epochs=1, max_steps=1)).fit()
+    assert len(trials) == 1
+    record = (run / "config.json").read_text()
+    trainer = Trainer(_cfg(idx_dir, run, precision="auto", epochs=1, max_steps=1, resume=True))
+    assert len(trials) == 1 and trainer.precision_trial is None
+    trainer.fit()
+    assert (run / "config.json").read_text() == record
+    Trainer(_cfg(idx_dir, run, precision="auto", epochs=2, max_steps=1, resume=True)).fit()
+    assert len(trials) == 2  # an epoch left to train: timed again, on the machine that resumes
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
+
+
 def test_every_process_trains_in_the_first_processes_precision(idx_dir: Path, tmp_path: Path, monkeypatch) -> None:
     """Each process times the precisions on its own; a distributed run must still train in
     one, so all take the first process's choice."""

@@ -369,6 +369,14 @@ def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.gamma ** math.floor((epoch - warm) / cfg.step_epochs)
 
 
+def _epochs_done(meta: dict[str, Any]) -> int:
+    """The epochs a checkpoint's metadata says were trained (0 when it does not say: the
+    resume itself then reports what is missing)."""
+    state = meta.get("train_state")
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return epoch if isinstance(epoch, int) else 0
+
+
 def _ema_avg_fn(decay: float):
     """EMA update with timm-style warm-up: early steps average faster, (1+n)/(10+n)."""
     def fn(ema_params, params, num_averaged):
@@ -621,7 +629,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         #: Seconds per step of each precision when ``auto`` timed them (:func:`time_precisions`).
         self.precision_trial: dict[str, float] | None = None
-        if self.device.type == "cpu" and cfg.precision == "auto" and self.precision == "bf16":
+        if self.device.type == "cpu" and cfg.precision == "auto" and self.precision == "bf16" \
+                and not (last is not None and _epochs_done(last[1]) >= cfg.epochs):
             self._choose_cpu_precision()
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
         # fp16 needs loss scaling against underflow; bf16 and fp32 do not (scaler disabled).
@@ -1027,11 +1036,12 @@ class Trainer:
             else:  # a run killed between its metrics and its checkpoint logged an epoch twice
                 self._rewrite_metrics()
             # "precision" stays as asked (auto re-decides on the machine that resumes); what ran is
-            # recorded beside it.
-            saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size,
-                     "precision_used": self.precision, "precision_trial_s": self.precision_trial,
-                     "device_used": str(self.device)}
-            atomic_write_bytes(self.run_dir / "config.json", json.dumps(saved, indent=2).encode())
+            # recorded beside it. A finished run resumed trains nothing, so its record stays.
+            if not (cfg.resume and self.epoch >= cfg.epochs):
+                saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size,
+                         "precision_used": self.precision, "precision_trial_s": self.precision_trial,
+                         "device_used": str(self.device)}
+                atomic_write_bytes(self.run_dir / "config.json", json.dumps(saved, indent=2).encode())
         if cfg.resume and self.epoch >= cfg.epochs:
             self._log(f"{self.run_dir} has already trained {self.epoch} of {cfg.epochs} epochs; nothing "
                       f"to do (--resume --epochs N, with N > {self.epoch}, trains it further)")
