@@ -1,6 +1,7 @@
 """DDP with gloo on CPU: 2 processes equal 1 process with the same global batch, and a
 distributed run resumes at another world size."""
 
+import json
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import torch
 
 from datagen import make_idx_dir
 from mobilenets.checkpoint import read_checkpoint
+from mobilenets.cpu import bf16_supported
 
 ARGS = ["--epochs", "2", "--batch-size", "16", "--width-mult", "0.25", "--precision", "fp32",
         "--ema", "0.9"]
@@ -84,3 +86,19 @@ def test_failure_on_a_rank_ends_the_job_with_a_clear_message(tmp_path):
     assert proc.returncode == 2
     assert "error: distributed training failed" in proc.stderr
     assert "loss became" in proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(not bf16_supported(), reason="auto times the precisions only on CPUs with native bf16")
+def test_auto_precision_under_torchrun_trains_every_process_in_one_precision(tmp_path):
+    """Each process times fp32 and bf16 itself, then all take the first one's choice
+    (``broadcast_object_list``): the 2-process run finishes (no process left waiting in the
+    broadcast) and equals one process trained in the recorded precision."""
+    data = make_idx_dir(tmp_path / "data", n_train=96, n_test=32)
+    args = ["--data", str(data), "--epochs", "1", "--batch-size", "16", "--width-mult", "0.25"]
+    out = _run(*args, "--out", str(tmp_path / "ddp"), "--nproc-per-node", "2", "--precision", "auto")
+    config = json.loads((tmp_path / "ddp" / "config.json").read_text())
+    assert config["precision"] == "auto" and set(config["precision_trial_s"]) == {"fp32", "bf16"}
+    used = config["precision_used"]
+    assert f", {used} (auto: " in out.stdout
+    _run(*args, "--out", str(tmp_path / "single"), "--accum-steps", "2", "--precision", used)
+    _assert_close(_weights(tmp_path / "single")[0], _weights(tmp_path / "ddp")[0])
