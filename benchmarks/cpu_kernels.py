@@ -5,10 +5,13 @@
 2. ``fake-quant``: QAT rounds with its own straight-through function
    (``mobilenets.qat.round_trip``) instead of ``torch.fake_quantize_per_tensor_affine``:
    forward + backward on a channels-last activation.
-3. ``small-map``: on AVX2 CPUs, the depthwise weight gradient of kernels wider than the map
+3. ``small-map``: the depthwise weight gradient of kernels wider than the map
    is :class:`mobilenets.layers.SmallMapDepthwise`'s batched matmul instead of oneDNN's
    kernel: the weight gradient alone, fp32 channels-last, for V3-Small's and V3-Large's 5×5
    layers on the small-input stem's 4×4 maps, and a 7×7 map where the library keeps oneDNN's.
+4. ``small-map-step``: what that weight gradient gives the whole training step of V3-Small
+   and V3-Large (``train_throughput.py``'s optimised fp32 step, batch 256, 28 px, with
+   freed memory kept as the trainer does), with and without it, interleaved.
 
 Medians of interleaved repeats; writes ``benchmarks/results/cpu_kernels.json`` (with the
 machine's CPU and instruction sets) and prints Markdown tables.
@@ -29,6 +32,7 @@ from types import SimpleNamespace
 import torch
 
 from mobilenets.bench import machine_info
+from mobilenets.cpu import keep_freed_memory
 from mobilenets.layers import SmallMapDepthwise
 from mobilenets.qat import round_trip
 
@@ -96,17 +100,30 @@ def small_map_case(n: int, c: int, size: int, k: int, repeats: int) -> dict:
             "library_uses_it": size < k}
 
 
+def small_map_step_case(model: str, repeats: int) -> dict:
+    from train_throughput import make_step
+
+    fns = {name: make_step(model, True, False, 256, 28, True, small_map=on)[0]
+           for name, on in (("onednn", False), ("mobilenets", True))}
+    ms = median_ms(fns, repeats)
+    return {"model": model, "onednn_ms": ms["onednn"], "mobilenets_ms": ms["mobilenets"],
+            "speedup": ms["onednn"] / ms["mobilenets"]}
+
+
+PARTS = ("bf16", "fake-quant", "small-map", "small-map-step")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--parts", default="bf16,fake-quant,small-map",
-                   help="comma-separated, from bf16, fake-quant, small-map (default all)")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated, from {', '.join(PARTS)} (default all)")
     p.add_argument("--out", default=str(RESULTS / "cpu_kernels.json"))
     args = p.parse_args()
     parts = set(args.parts.split(","))
-    if parts - {"bf16", "fake-quant", "small-map"}:
-        p.error(f"unknown --parts {', '.join(sorted(parts - {'bf16', 'fake-quant', 'small-map'}))}")
+    if parts - set(PARTS):
+        p.error(f"unknown --parts {', '.join(sorted(parts - set(PARTS)))}")
     torch.set_num_threads(args.threads)
     result: dict = {"threads": args.threads, "torch": torch.__version__, "machine": machine_info()}
     if "bf16" in parts:
@@ -122,10 +139,18 @@ def main() -> None:
     if "small-map" in parts:
         result["small_map"] = sm = [small_map_case(*case, repeats=args.repeats) for case in SMALL_MAPS]
         print("\n| depthwise weight gradient (N, C, H, W), k | oneDNN ms | SmallMapDepthwise ms | "
-              "speed-up | used by the library on AVX2 |\n|---|---:|---:|---:|---|")
+              "speed-up | used by the library |\n|---|---:|---:|---:|---|")
         for r in sm:
             print(f"| {tuple(r['shape'])}, {r['kernel']} | {r['onednn_ms']:.1f} | {r['mobilenets_ms']:.1f} | "
                   f"×{r['speedup']:.1f} | {'yes' if r['library_uses_it'] else 'no'} |")
+    if "small-map-step" in parts:
+        keep_freed_memory()  # process-wide: after the kernel parts, which ran with glibc's defaults
+        result["small_map_step"] = st = [small_map_step_case(m, args.repeats)
+                                         for m in ("mobilenet_v3_small", "mobilenet_v3_large")]
+        print("\n| training step, fp32 channels-last, batch 256, 28 px | oneDNN's weight gradient ms | "
+              "SmallMapDepthwise ms | speed-up |\n|---|---:|---:|---:|")
+        for r in st:
+            print(f"| `{r['model']}` | {r['onednn_ms']:.0f} | {r['mobilenets_ms']:.0f} | ×{r['speedup']:.3f} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

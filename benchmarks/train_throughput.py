@@ -6,8 +6,8 @@ see the same machine state:
 
 * plain: NCHW, fp32, ``torch.optim.SGD`` with its defaults, oneDNN's kernels throughout;
 * optimised: channels_last memory format, the fused SGD kernel, fp32 (the trainer's default
-  where the CPU has no native bf16), and on AVX2 CPUs the library's depthwise weight
-  gradient for kernels wider than the map (:class:`mobilenets.layers.SmallMapDepthwise`);
+  where the CPU has no native bf16), and the library's depthwise weight gradient for
+  kernels wider than the map (:class:`mobilenets.layers.SmallMapDepthwise`);
 * optimised + bf16: the same under bf16 autocast (where the CPU has native bf16);
 * with ``--compile``, also optimised (+ bf16) + ``torch.compile`` of the model (compiled
   in the warm-up, untimed): what ``mobilenets train --compile`` does.
@@ -48,10 +48,13 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resolution: int, small_input: bool,
-              compile: bool = False, edit: Callable[[nn.Module], nn.Module] | None = None):
+              compile: bool = False, edit: Callable[[nn.Module], nn.Module] | None = None,
+              small_map: bool | None = None):
     """One configuration's training step (a function returning its seconds) and whether it
     runs under bf16 autocast; ``edit`` changes the fresh model first (``memory_format.py``
-    swaps layers with it)."""
+    swaps layers with it); ``small_map`` overrides whether the step uses
+    :class:`~mobilenets.layers.SmallMapDepthwise` (default: when ``optimised``)."""
+    small_map = optimised if small_map is None else small_map
     torch.manual_seed(0)
     model = mobilenets.create_model(model_name, num_classes=10, in_chans=1, small_input=small_input).train()
     if edit is not None:
@@ -69,7 +72,7 @@ def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resoluti
 
     def step() -> float:
         # The plain baseline keeps oneDNN's depthwise weight gradient everywhere.
-        layers.SMALL_MAP_WGRAD = None if optimised else False
+        layers.SMALL_MAP_WGRAD = small_map
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             logits = forward(x)

@@ -235,9 +235,9 @@ def test_small_map_depthwise_gradients_equal_the_native_ones(shape, kernel, stri
 
 @pytest.mark.parametrize("padding", ["symmetric", "same"])
 def test_small_map_depthwise_path_trains_the_same_network(monkeypatch, padding):
-    """Where the CPU needs it (AVX2), depthwise layers whose kernel is wider than the map
-    take :class:`SmallMapDepthwise`'s weight gradient; forced on here, a training step
-    gives the native path's loss and gradients."""
+    """By default, depthwise layers whose kernel is wider than the map take
+    :class:`SmallMapDepthwise`'s weight gradient, on every CPU, and a training step gives
+    the native path's loss and gradients."""
     from mobilenets import layers
 
     calls = []
@@ -247,21 +247,26 @@ def test_small_map_depthwise_path_trains_the_same_network(monkeypatch, padding):
     model = mobilenets.create_model("mobilenet_v3_small", num_classes=4, in_chans=1, small_input=True,
                                     padding=padding, **SMALL).train()
     x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-    results = []
-    for forced in (False, True):
-        monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", forced)
+
+    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
         net = copy.deepcopy(model)
         torch.manual_seed(1)  # the same dropout mask
         loss = net(x).logsumexp(1).sum()
         loss.backward()
-        results.append((loss.detach(), [p.grad for p in net.parameters()]))
+        return loss.detach(), [p.grad for p in net.parameters()]
+
+    ours = step()  # the library's default
     assert calls and all(max(s[-2:]) < 5 for s in calls)  # the 4×4 maps of the last stage
-    torch.testing.assert_close(results[1][0], results[0][0])
-    for ours, native in zip(results[1][1], results[0][1]):
-        torch.testing.assert_close(ours, native, rtol=1e-4, atol=1e-5)
+    calls.clear()
+    monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", False)
+    native = step()
+    assert not calls
+    torch.testing.assert_close(ours[0], native[0])
+    for a, b in zip(ours[1], native[1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("forced", [None, True], ids=["this-cpu", "small-map"])
+@pytest.mark.parametrize("forced", [False, True], ids=["onednn", "small-map"])
 def test_training_graph_compiles_whole_with_either_depthwise_path(monkeypatch, forced):
     """``torch.compile`` traces the training model as one graph (no break at the depthwise
     layers' CPU checks), with :class:`SmallMapDepthwise`'s weight gradient as one custom

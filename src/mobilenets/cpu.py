@@ -1,11 +1,9 @@
-"""What this CPU can do, asked in one place: the fast paths of training, int8 export and the
-depthwise kernels all depend on it.
+"""What this CPU can do, asked in one place: the fast paths of training and int8 export
+depend on it.
 
 * bf16 autocast pays only with native bf16 matrix instructions (AVX-512-BF16 or AMX):
   :func:`bf16_supported`;
 * int8 weights use 7 bits on x86 CPUs without VNNI: :func:`reduce_range_default`;
-* oneDNN's depthwise weight gradient is slow on AVX2-only CPUs when the kernel is wider
-  than the map: :data:`AVX2_ONLY` (read by :func:`mobilenets.layers.depthwise_conv2d`);
 * the CPU trainer keeps freed memory instead of faulting it in at every step (glibc):
   :func:`keep_freed_memory`.
 
@@ -19,11 +17,6 @@ import functools
 import platform
 
 import torch
-
-#: True on x86 CPUs whose best vector unit is AVX2 (no AVX-512), as torch's kernel dispatch
-#: sees it. A constant read at import, so that ``torch.compile`` sees a plain bool where the
-#: depthwise layers consult it (a call to torch's probe inside the model breaks the graph).
-AVX2_ONLY: bool = torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 #: The instruction sets benchmark results record: those that decide bf16 and int8 speed.
 RECORDED_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")

@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu
 from .conventions import Padding
 
 #: The papers' nonlinearity notation (V3 Tables 1-2 "NL" column), mapped once to modules.
@@ -160,26 +159,21 @@ class ConvNormAct(nn.Sequential):
 
 def depthwise_conv2d(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for a depthwise ``conv``, with :class:`SmallMapDepthwise`'s weight gradient
-    where oneDNN's is slow: on AVX2 CPUs (without AVX-512), when the kernel is wider than
-    the map (V3's 5×5 layers on the 4×4 maps of the small-input stem). Profiles of the
-    training step on an AVX-512 CPU never showed these layers, so oneDNN's kernels are
-    kept there."""
-    if not (torch.is_grad_enabled() and conv.weight.requires_grad and conv.bias is None
-            and conv.dilation == (1, 1) and max(x.shape[-2:]) < max(conv.kernel_size)
-            and _wgrad_needs_help()):
+    where the kernel is wider than the map (V3's 5×5 layers on the 4×4 maps of the
+    small-input stem), which oneDNN computes slowly: ×5.9-7.2 slower on an AVX2 CPU, ×1.4
+    on an AVX-512 Intel Xeon (``benchmarks/cpu_kernels.py --parts small-map``)."""
+    if not (SMALL_MAP_WGRAD and torch.is_grad_enabled() and conv.weight.requires_grad
+            and conv.bias is None and conv.dilation == (1, 1)
+            and max(x.shape[-2:]) < max(conv.kernel_size)):
         return conv(x)
     if isinstance(conv, Conv2dSame):
         return SmallMapDepthwise.apply(conv.pad(x), conv.weight, conv.stride, (0, 0))
     return SmallMapDepthwise.apply(x, conv.weight, conv.stride, conv.padding)
 
 
-#: Whether :func:`depthwise_conv2d` may use :class:`SmallMapDepthwise`: ``None`` decides by
-#: the CPU; ``False`` keeps oneDNN's kernels (the training benchmark's plain baseline).
-SMALL_MAP_WGRAD: bool | None = None
-
-
-def _wgrad_needs_help() -> bool:
-    return cpu.AVX2_ONLY if SMALL_MAP_WGRAD is None else SMALL_MAP_WGRAD
+#: Whether :func:`depthwise_conv2d` uses :class:`SmallMapDepthwise`; ``False`` keeps oneDNN's
+#: kernels (the training benchmark's plain baseline).
+SMALL_MAP_WGRAD: bool = True
 
 
 class SmallMapDepthwise(torch.autograd.Function):
