@@ -1017,6 +1017,7 @@ class Trainer:
 
     def fit(self) -> TrainResult:
         cfg = self.cfg
+        finished = cfg.resume and self.epoch >= cfg.epochs  # resumed with nothing left to train
         if self.is_main:
             try:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -1037,16 +1038,16 @@ class Trainer:
                 self._rewrite_metrics()
             # "precision" stays as asked (auto re-decides on the machine that resumes); what ran is
             # recorded beside it. A finished run resumed trains nothing, so its record stays.
-            if not (cfg.resume and self.epoch >= cfg.epochs):
+            if not finished:
                 saved = {**asdict(replace(cfg, resume=False)), "world_size": self.world_size,
                          "precision_used": self.precision, "precision_trial_s": self.precision_trial,
                          "device_used": str(self.device)}
                 atomic_write_bytes(self.run_dir / "config.json", json.dumps(saved, indent=2).encode())
-        if cfg.resume and self.epoch >= cfg.epochs:
+        if finished:
             self._log(f"{self.run_dir} has already trained {self.epoch} of {cfg.epochs} epochs; nothing "
                       f"to do (--resume --epochs N, with N > {self.epoch}, trains it further)")
         show_bar = self.is_main and (cfg.progress if cfg.progress is not None else sys.stderr.isatty())
-        if not (cfg.resume and self.epoch >= cfg.epochs):
+        if not finished:
             self._log(f"training {cfg.model} {self.model_kwargs} on {cfg.data}: {len(self.train_set)} train / "
                       f"{len(self.val_set)} val images, {self.channels}×{self.image_size}², "
                       f"{len(self.classes)} classes; {cfg.epochs} epochs × {self.steps_per_epoch} steps, "
