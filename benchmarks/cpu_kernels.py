@@ -144,10 +144,12 @@ def main() -> None:
             print(f"| {tuple(r['shape'])}, {r['kernel']} | {r['onednn_ms']:.1f} | {r['mobilenets_ms']:.1f} | "
                   f"×{r['speedup']:.1f} | {'yes' if r['library_uses_it'] else 'no'} |")
     if "small-map-step" in parts:
-        keep_freed_memory()  # process-wide: after the kernel parts, which ran with glibc's defaults
+        # Process-wide, so after the kernel parts, which ran with glibc's defaults.
+        result["small_map_step_freed_memory_kept"] = kept = keep_freed_memory()
         result["small_map_step"] = st = [small_map_step_case(m, args.repeats)
                                          for m in ("mobilenet_v3_small", "mobilenet_v3_large")]
-        print("\n| training step, fp32 channels-last, batch 256, 28 px | oneDNN's weight gradient ms | "
+        print(f"\n| training step, fp32 channels-last, batch 256, 28 px{', freed memory kept' if kept else ''} | "
+              "oneDNN's weight gradient ms | "
               "SmallMapDepthwise ms | speed-up |\n|---|---:|---:|---:|")
         for r in st:
             print(f"| `{r['model']}` | {r['onednn_ms']:.0f} | {r['mobilenets_ms']:.0f} | ×{r['speedup']:.3f} |")
