@@ -4,13 +4,13 @@
     .venv/bin/python benchmarks/compile_options.py --models mobilenet_v2 --batches 1
 
 For each model and batch size (224×224, 2 threads) it compiles the BN-folded channels-last
-model (:func:`mobilenets.deploy.prepare_for_inference`) and, on CPUs with native bf16, its
-bf16 copy (:func:`mobilenets.deploy.bf16_inference`) with options added one at a time: none,
+model (:func:`mobilenets.deploy.export.prepare_for_inference`) and, on CPUs with native bf16, its
+bf16 copy (:func:`mobilenets.deploy.export.bf16_inference`) with options added one at a time: none,
 ``freezing``, ``+ cpp_wrapper``, ``+ max_autotune``, and times them with eager NCHW fp32 in
-interleaved rounds (:func:`mobilenets.bench.measure`), in a process that keeps freed memory
+interleaved rounds (:func:`mobilenets.deploy.bench.measure`), in a process that keeps freed memory
 as ``mobilenets bench`` does. ``freezing`` is applied through
-:func:`mobilenets.bench.compile_model`, without which it freezes nothing.
-``mobilenets.bench.COMPILE_OPTIONS``
+:func:`mobilenets.deploy.bench.compile_model`, without which it freezes nothing.
+``mobilenets.deploy.bench.COMPILE_OPTIONS``
 and ``AUTOTUNE_MAX_BATCH`` are chosen from these results. Writes
 ``benchmarks/results/compile_options.json`` (merged, keyed by model and batch) and prints a
 Markdown table of medians.
@@ -31,7 +31,9 @@ from typing import Any
 import torch
 
 import mobilenets
-from mobilenets import bench, cpu, deploy
+from mobilenets.deploy import bench
+from mobilenets.ops import cpu
+from mobilenets.deploy import export as deploy
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "none": {},

@@ -2,7 +2,7 @@
 
     python benchmarks/eval_malloc.py runs/demo [--data fashion-mnist] [--rounds 3] [--out FILE]
 
-``mobilenets eval`` keeps freed memory for reuse (:func:`mobilenets.cpu.keep_freed_memory`)
+``mobilenets eval`` keeps freed memory for reuse (:func:`mobilenets.ops.cpu.keep_freed_memory`)
 unless given ``--no-reuse-memory``. A malloc setting holds for a whole process, so each
 round runs the command twice as a child process, once each way (which goes first
 alternates), and records its wall time, page faults and the top-1 it printed (the same

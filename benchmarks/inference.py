@@ -8,13 +8,13 @@ NCHW fp32 (the baseline), the PyTorch inference paths (``channels_last``: BN fol
 ``inference_mode``; ``torchscript``: that, traced, frozen and ``optimize_for_inference``;
 ``compile``: that through ``torch.compile``; ``compile-bf16``: the same with bf16 weights
 and activations, on CPUs with native bf16), and onnxruntime fp32 and int8. Backends are
-timed in interleaved rounds (:mod:`mobilenets.bench`), so background load hits all alike.
+timed in interleaved rounds (:mod:`mobilenets.deploy.bench`), so background load hits all alike.
 
 The baseline is run the plain way: in a process with glibc's malloc as it comes, which
 hands a batch's large activations back to the kernel when they are freed, so the next batch
 faults them in again. The library's paths run as ``mobilenets bench``/``eval``/``predict``
 run them, in a process with freed memory kept for reuse
-(:func:`mobilenets.cpu.keep_freed_memory`, process-wide and irreversible). So each run is
+(:func:`mobilenets.ops.cpu.keep_freed_memory`, process-wide and irreversible). So each run is
 two child processes: a *plain* one timing eager and compile, and a *kept* one timing every
 backend. The speed-up of our best path is plain eager over the kept process's fastest fp32
 path; the table also gives the compiler's share alone (plain eager over plain compile).
@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 import mobilenets
-from mobilenets.bench import benchmark
+from mobilenets.deploy.bench import benchmark
 
 MODELS = ("mobilenet_v2", "mobilenet_v3_large")
 BACKENDS = ("eager", "channels_last", "torchscript", "compile", "compile-bf16", "onnxruntime",

@@ -1,4 +1,4 @@
-"""The trainer's malloc setting: glibc's defaults against :func:`mobilenets.cpu.keep_freed_memory`,
+"""The trainer's malloc setting: glibc's defaults against :func:`mobilenets.ops.cpu.keep_freed_memory`,
 and the trainer's whole CPU path against the plain baseline.
 
 glibc hands large freed blocks back to the kernel, so each training step faults its
@@ -44,7 +44,7 @@ MODES = ("plain", "default", "kept")
 def child(model: str, mode: str, steps: int, threads: int, batch: int, bf16: bool) -> dict[str, Any]:
     """One configuration in this process: the malloc setting first, then the timed steps;
     or, as mode ``trial``, the trainer's ``--precision auto`` choice in a process like its."""
-    from mobilenets import cpu
+    from mobilenets.ops import cpu
 
     if (mode.startswith("kept") or mode == "trial") and not cpu.keep_freed_memory():
         raise SystemExit("keep_freed_memory does not apply here (glibc only)")
@@ -55,7 +55,7 @@ def child(model: str, mode: str, steps: int, threads: int, batch: int, bf16: boo
     torch.set_num_threads(threads)
     if mode == "trial":
         import mobilenets
-        from mobilenets.train import faster_precision, time_precisions
+        from mobilenets.training.trainer import faster_precision, time_precisions
 
         net = mobilenets.create_model(model, num_classes=10, in_chans=1, small_input=True)
         times = time_precisions(net.train().to(memory_format=torch.channels_last), (batch, 1, 28, 28), 10, True)
@@ -111,8 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(*args.child, args.steps, args.threads, args.batch, args.precision == "bf16")))
         return
 
-    from mobilenets.bench import machine_info
-    from mobilenets.cpu import bf16_supported
+    from mobilenets.deploy.bench import machine_info
+    from mobilenets.ops.cpu import bf16_supported
 
     modes = MODES + (("kept_compile",) if args.compile else ())
     rows = []

@@ -3,11 +3,11 @@
 Two changes keep a channels_last training step in one layout (``tests/test_models.py::
 test_channels_last_training_step_never_mixes_memory_formats``):
 
-* the pooling of the head and of squeeze-excite is :func:`mobilenets.layers.global_avg_pool`,
+* the pooling of the head and of squeeze-excite is :func:`mobilenets.models.layers.global_avg_pool`,
   whose backward keeps channels_last, where ``x.mean`` (and ``nn.AdaptiveAvgPool2d(1)``)
   expands an NCHW gradient that the BatchNorm backward and gradient sums then mix with
   channels_last tensors;
-* ReLU6 (V1, V2) runs out of place under autograd (:class:`mobilenets.layers.ReLU6`),
+* ReLU6 (V1, V2) runs out of place under autograd (:class:`mobilenets.models.layers.ReLU6`),
   where the in-place op made autograd clone each input.
 
 "before" rebuilds the same network with the earlier layers (``nn.AdaptiveAvgPool2d(1)``,
@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets import layers
-from mobilenets.bench import machine_info
-from mobilenets.cpu import bf16_supported, keep_freed_memory
+from mobilenets.models import layers
+from mobilenets.deploy.bench import machine_info
+from mobilenets.ops.cpu import bf16_supported, keep_freed_memory
 from train_throughput import make_step
 
 RESULTS = Path(__file__).parent / "results"

@@ -1,7 +1,7 @@
 """How closely ``train --qat``'s simulation predicts the int8 model onnxruntime runs.
 
 For each checkpoint: export it to int8 ONNX (256 Fashion-MNIST calibration images), run it
-on test images, and compare with the QAT simulation (:mod:`mobilenets.qat`) calibrated on
+on test images, and compare with the QAT simulation (:mod:`mobilenets.training.qat`) calibrated on
 the same images, with and without the hard-swish gate rounding it simulates. Reported:
 top-1 agreement with the int8 model (simulation and plain float), and the simulation's mean
 logit distance to int8 as a fraction of the float model's.
@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilenets import deploy
-from mobilenets.checkpoint import load_model
-from mobilenets.data import load_dataset
-from mobilenets.qat import QuantConvNormAct, calibrate, prepare_qat
+from mobilenets.deploy import export as deploy
+from mobilenets.io.checkpoint import load_model
+from mobilenets.data.datasets import load_dataset
+from mobilenets.training.qat import QuantConvNormAct, calibrate, prepare_qat
 
 
 def fidelity(checkpoint: str, data: str, calibration_size: int, test_images: int, workdir: Path) -> dict:

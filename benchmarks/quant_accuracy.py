@@ -2,9 +2,9 @@
 
     .venv/bin/python benchmarks/quant_accuracy.py runs/v3s/best.safetensors runs/v2/best.safetensors
 
-Each checkpoint is exported twice with :func:`mobilenets.deploy.export_model` (float ONNX,
+Each checkpoint is exported twice with :func:`mobilenets.deploy.export.export_model` (float ONNX,
 and int8 calibrated on ``--calibration-size`` training images), then the PyTorch model,
-its bf16 inference copy (:func:`mobilenets.deploy.bf16_inference`, what the ``compile-bf16``
+its bf16 inference copy (:func:`mobilenets.deploy.export.bf16_inference`, what the ``compile-bf16``
 bench backend runs), the float ONNX and the int8 ONNX classify the whole test split with
 the checkpoint's own preprocessing. With ``--qat-steps N`` each checkpoint is also
 fine-tuned quantization-aware (``mobilenets train --qat --init CHECKPOINT --max-steps N``,
@@ -16,7 +16,7 @@ into ``benchmarks/results/quant_accuracy.json`` (keyed by checkpoint path).
 
 ``--both-weight-ranges`` also scores int8 with the weight range this CPU does not pick:
 8-bit weights on x86 CPUs without VNNI, where onnxruntime's kernels saturate and the
-exporter uses 7-bit ones (:func:`mobilenets.cpu.reduce_range_default`), or 7-bit elsewhere.
+exporter uses 7-bit ones (:func:`mobilenets.ops.cpu.reduce_range_default`), or 7-bit elsewhere.
 """
 
 from __future__ import annotations
@@ -30,17 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobilenets import deploy
-from mobilenets.bench import machine_info
-from mobilenets.qat import weight_qmax
-from mobilenets.checkpoint import load_model
-from mobilenets.train import TrainConfig, train
+from mobilenets.deploy import export as deploy
+from mobilenets.deploy.bench import machine_info
+from mobilenets.training.qat import weight_qmax
+from mobilenets.io.checkpoint import load_model
+from mobilenets.training.trainer import TrainConfig, train
 
 
 def accuracies(checkpoint: str, data: str, calibration_size: int, threads: int,
                workdir: Path, both_weight_ranges: bool = False) -> dict:
     """Test accuracy of the PyTorch model in fp32 and bf16, its float ONNX and its int8 ONNX."""
-    from mobilenets.data import load_dataset
+    from mobilenets.data.datasets import load_dataset
 
     model, meta = load_model(checkpoint)
     pre = deploy.resolve_preprocessing(model, meta)

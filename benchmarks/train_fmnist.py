@@ -26,11 +26,11 @@ from pathlib import Path
 import torch
 
 import mobilenets
-from mobilenets.bench import machine_info
-from mobilenets.checkpoint import load_model
-from mobilenets.data import load_dataset
-from mobilenets.profile import profile
-from mobilenets.train import TrainConfig, evaluate, train
+from mobilenets.deploy.bench import machine_info
+from mobilenets.io.checkpoint import load_model
+from mobilenets.data.datasets import load_dataset
+from mobilenets.analysis.profile import profile
+from mobilenets.training.trainer import TrainConfig, evaluate, train
 
 RESULTS = Path(__file__).parent / "results"
 

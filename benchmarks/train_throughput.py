@@ -7,13 +7,13 @@ see the same machine state:
 * plain: NCHW, fp32, ``torch.optim.SGD`` with its defaults, oneDNN's kernels throughout;
 * optimised: channels_last memory format, the fused SGD kernel, fp32 (the trainer's default
   where the CPU has no native bf16), and the library's depthwise weight gradient for
-  kernels wider than the map (:class:`mobilenets.layers.SmallMapDepthwise`);
+  kernels wider than the map (:class:`mobilenets.models.layers.SmallMapDepthwise`);
 * optimised + bf16: the same under bf16 autocast (where the CPU has native bf16);
 * with ``--compile``, also optimised (+ bf16) + ``torch.compile`` of the model (compiled
   in the warm-up, untimed): what ``mobilenets train --compile`` does.
 
 All configurations share one process and so glibc's malloc defaults; the trainer's malloc
-setting (:func:`mobilenets.cpu.keep_freed_memory`) is measured by ``malloc.py``, one process
+setting (:func:`mobilenets.ops.cpu.keep_freed_memory`) is measured by ``malloc.py``, one process
 per configuration.
 
 The whole measurement is repeated ``--rounds`` times with fresh models: one round's ratio
@@ -40,9 +40,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import mobilenets
-from mobilenets import layers
-from mobilenets.bench import machine_info
-from mobilenets.cpu import bf16_supported
+from mobilenets.models import layers
+from mobilenets.deploy.bench import machine_info
+from mobilenets.ops.cpu import bf16_supported
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -53,7 +53,7 @@ def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resoluti
     """One configuration's training step (a function returning its seconds) and whether it
     runs under bf16 autocast; ``edit`` changes the fresh model first (``memory_format.py``
     swaps layers with it); ``small_map`` overrides whether the step uses
-    :class:`~mobilenets.layers.SmallMapDepthwise` (default: when ``optimised``)."""
+    :class:`~mobilenets.models.layers.SmallMapDepthwise` (default: when ``optimised``)."""
     small_map = optimised if small_map is None else small_map
     torch.manual_seed(0)
     model = mobilenets.create_model(model_name, num_classes=10, in_chans=1, small_input=small_input).train()

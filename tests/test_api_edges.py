@@ -12,9 +12,10 @@ import pytest
 import torch
 
 import mobilenets
-from mobilenets import MobilenetsError, convert, create_model
-from mobilenets.checkpoint import load_model, read_checkpoint, save_model
-from mobilenets.cli import main
+from mobilenets import MobilenetsError, create_model
+from mobilenets.io import convert
+from mobilenets.io.checkpoint import load_model, read_checkpoint, save_model
+from mobilenets.cli.main import main
 from reference import all_fixtures, fixture_tensors, load_fixture
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,7 +43,7 @@ def test_a_model_cast_to_another_dtype_runs_under_cpu_autocast(dtype: torch.dtyp
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 3, 32, 32, dtype=dtype))
     assert out.shape == (2, 1000) and torch.isfinite(out.float()).all()
-    from mobilenets.profile import profile
+    from mobilenets.analysis.profile import profile
 
     assert profile(model, 32).madds == profile(_tiny("mobilenet_v2"), 32).madds
 
@@ -101,7 +102,7 @@ def test_saved_classes_must_match_the_classifier(tmp_path: Path, capsys) -> None
         save_model(_tiny(num_classes=3), tmp_path / "three.safetensors", preprocessing=PRE, classes=["a", "b"])
     assert not (tmp_path / "three.safetensors").exists()
     # A file written by other means is still checked when it loads.
-    from mobilenets.checkpoint import FORMAT_VERSION, state_to_bytes
+    from mobilenets.io.checkpoint import FORMAT_VERSION, state_to_bytes
 
     model = _tiny(num_classes=3)
     meta = {"format_version": FORMAT_VERSION, "model": model.model_name, "model_kwargs": model.model_kwargs,
@@ -120,7 +121,7 @@ def test_saved_classes_must_match_the_classifier(tmp_path: Path, capsys) -> None
 
 
 def test_deploy_preprocess_takes_numpy_and_tensors() -> None:
-    from mobilenets.deploy import preprocess
+    from mobilenets.deploy.export import preprocess
 
     images = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
     a = preprocess(images, PRE)
@@ -171,7 +172,7 @@ def test_convert_refuses_to_overwrite_its_input_or_write_another_format(tmp_path
 
 
 def test_paper_cost_of_any_size_needs_no_memory() -> None:
-    from mobilenets import paper
+    from mobilenets.analysis import paper
 
     c = paper.layer_cost(3, 100_000, 100_000, 1000)
     assert c.standard_madds == 9 * 100_000 * 100_000 * 1000 * 1000

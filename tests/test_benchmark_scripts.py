@@ -128,10 +128,10 @@ def test_malloc_ratios_are_per_round_and_every_mode_runs_in_its_own_process(monk
         Done.stdout = json.dumps(figures)
         return Done()
 
-    import mobilenets.cpu
+    import mobilenets.ops.cpu
 
     monkeypatch.setattr(malloc.subprocess, "run", fake_run)
-    monkeypatch.setattr(mobilenets.cpu, "bf16_supported", lambda: True)
+    monkeypatch.setattr(mobilenets.ops.cpu, "bf16_supported", lambda: True)
     malloc.main(["--models", "mobilenet_v3_small", "--rounds", "3", "--out", str(tmp_path / "m.json")])
     # --precision auto: the trainer's choice, timed once in its own process, for every configuration
     assert seen == [("mobilenet_v3_small", "trial", "auto")] + [
@@ -150,7 +150,7 @@ def test_malloc_ratios_are_per_round_and_every_mode_runs_in_its_own_process(monk
 def test_training_step_uses_the_small_map_gradient_as_configured(monkeypatch, optimised, small_map, expected):
     """``make_step``'s plain baseline keeps oneDNN's depthwise weight gradient, the optimised
     step takes the library's, and ``small_map`` overrides it (``cpu_kernels.py``'s step A/B)."""
-    from mobilenets import layers
+    from mobilenets.models import layers
 
     throughput = load("train_throughput", monkeypatch)
     calls = []

@@ -10,8 +10,8 @@ from PIL import Image
 
 from datagen import make_cifar10_dir, make_cifar100_dir, make_idx_dir, make_image_folder, write_idx
 from mobilenets import MobilenetsError
-from mobilenets.augment import normalize, random_crop_flip, random_erasing
-from mobilenets.data import TensorImages, load_dataset, load_image, read_idx
+from mobilenets.data.augment import normalize, random_crop_flip, random_erasing
+from mobilenets.data.datasets import TensorImages, load_dataset, load_image, read_idx
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -168,7 +168,7 @@ def test_images_too_small_for_the_networks_are_refused(tmp_path):
 
 
 def test_in_memory_datasets_are_resized_like_predict(tmp_path):
-    from mobilenets.data import resize_center_crop, to_uint8_tensor
+    from mobilenets.data.datasets import resize_center_crop, to_uint8_tensor
 
     root = make_idx_dir(tmp_path / "idx", n_train=8, n_test=8)
     ds28 = load_dataset(str(root), "val")
@@ -183,7 +183,7 @@ def test_extreme_aspect_ratios_are_cropped_before_resizing():
     """A 1×30000 image (200 bytes as PNG) must not be scaled to 224×6.7M pixels first."""
     import tracemalloc
 
-    from mobilenets.data import resize_center_crop
+    from mobilenets.data.datasets import resize_center_crop
 
     tall = Image.fromarray(np.full((30000, 1, 3), 77, np.uint8))
     tracemalloc.start()

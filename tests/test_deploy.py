@@ -16,10 +16,11 @@ from torch import nn
 
 import mobilenets
 from datagen import randomize_batchnorm
-from mobilenets import bench, deploy
-from mobilenets.checkpoint import save_model
-from mobilenets.cli import main
-from mobilenets.cpu import bf16_supported, reduce_range_default
+from mobilenets.deploy import bench
+from mobilenets.deploy import export as deploy
+from mobilenets.io.checkpoint import save_model
+from mobilenets.cli.main import main
+from mobilenets.ops.cpu import bf16_supported, reduce_range_default
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -619,8 +620,8 @@ def test_calibration_leaves_out_the_images_training_held_out(tmp_path):
     """Calibrating on a checkpoint's validation images would make them seen; the stored
     hold-out is respected, for in-memory data and for flat class folders."""
     from datagen import make_idx_dir, make_image_folder
-    from mobilenets.data import load_dataset
-    from mobilenets.data import holdout_split
+    from mobilenets.data.datasets import load_dataset
+    from mobilenets.data.datasets import holdout_split
 
     idx = make_idx_dir(tmp_path / "idx", n_train=40, n_test=4)
     pre = {"input_size": 28, "channels": 1, "mean": [0.5], "std": [0.5]}
@@ -670,7 +671,7 @@ def test_bf16_inference_of_a_features_only_model_returns_float_maps():
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
                     reason="torch.compile's CPU backend needs a C++ compiler")
 def test_bench_compile_bf16_backend_computes_the_models_logits_in_bf16(tmp_path, monkeypatch):
-    from mobilenets import cpu
+    from mobilenets.ops import cpu
 
     monkeypatch.setattr(cpu, "bf16_supported", lambda: True)  # bf16 runs anywhere, slowly
     backends = bench._Backends(tiny("mobilenet_v3_small"), 32, 1, tmp_path, PRE)
@@ -682,7 +683,7 @@ def test_bench_compile_bf16_backend_computes_the_models_logits_in_bf16(tmp_path,
 
 
 def test_bench_lists_compile_bf16_as_unavailable_without_bf16_instructions(monkeypatch):
-    from mobilenets import cpu
+    from mobilenets.ops import cpu
 
     monkeypatch.setattr(cpu, "bf16_supported", lambda: False)
     monkeypatch.setattr(bench, "WARMUP_SECONDS", 0.01)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from datagen import make_idx_dir
-from mobilenets.checkpoint import read_checkpoint
-from mobilenets.cpu import bf16_supported
+from mobilenets.io.checkpoint import read_checkpoint
+from mobilenets.ops.cpu import bf16_supported
 
 ARGS = ["--epochs", "2", "--batch-size", "16", "--width-mult", "0.25", "--precision", "fp32",
         "--ema", "0.9"]

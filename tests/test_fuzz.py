@@ -31,8 +31,8 @@ from PIL import Image
 
 from datagen import make_cifar10_dir, pattern_images
 from mobilenets import MobilenetsError, create_model
-from mobilenets.checkpoint import load_model, read_checkpoint, save_model
-from mobilenets.data import load_cifar_dir, load_idx_dir, load_image, read_idx, safe_unpickle
+from mobilenets.io.checkpoint import load_model, read_checkpoint, save_model
+from mobilenets.data.datasets import load_cifar_dir, load_idx_dir, load_image, read_idx, safe_unpickle
 
 # Decoders warn about the corrupt files they are fed here (EXIF, TIFF tags, sizes): expected.
 pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"),

@@ -192,7 +192,7 @@ def test_unknown_model_and_option_name_the_closest():
 def test_cpu_bf16_autocast_keeps_depthwise_convolutions_in_fp32(name):
     """oneDNN's bf16 depthwise kernels are slow on CPUs, so under autocast the depthwise
     convolutions run in fp32 and the pointwise ones in bf16; gradients still reach all."""
-    from mobilenets.layers import ConvNormAct
+    from mobilenets.models.layers import ConvNormAct
 
     model = mobilenets.create_model(name, num_classes=5, **SMALL).train()
     seen: dict[str, set] = {"depthwise": set(), "other": set()}
@@ -217,7 +217,7 @@ def test_cpu_bf16_autocast_keeps_depthwise_convolutions_in_fp32(name):
     ((2, 4, 5, 5), 3, 2, 0),  # what Conv2dSame passes, the input already padded
 ])
 def test_small_map_depthwise_gradients_equal_the_native_ones(shape, kernel, stride, padding):
-    from mobilenets.layers import SmallMapDepthwise
+    from mobilenets.models.layers import SmallMapDepthwise
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, dtype=torch.float64, generator=g).contiguous(memory_format=torch.channels_last)
@@ -238,7 +238,7 @@ def test_small_map_depthwise_path_trains_the_same_network(monkeypatch, padding):
     """By default, depthwise layers whose kernel is wider than the map take
     :class:`SmallMapDepthwise`'s weight gradient, on every CPU, and a training step gives
     the native path's loss and gradients."""
-    from mobilenets import layers
+    from mobilenets.models import layers
 
     calls = []
     apply = layers.SmallMapDepthwise.apply
@@ -271,7 +271,7 @@ def test_training_graph_compiles_whole_with_either_depthwise_path(monkeypatch, f
     """``torch.compile`` traces the training model as one graph (no break at the depthwise
     layers' CPU checks), with :class:`SmallMapDepthwise`'s weight gradient as one custom
     operator, and the compiled step's gradients are the eager ones."""
-    from mobilenets import layers
+    from mobilenets.models import layers
 
     monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", forced)
     torch.manual_seed(0)
@@ -348,7 +348,7 @@ def test_relu6_copies_nothing_for_autograd_and_stays_in_place_without_it():
     """ReLU6 out of place under autograd: the in-place op would make autograd clone its
     input for the backward. Without autograd it still works in place. Values and gradients
     are ReLU6's, at the kinks too."""
-    from mobilenets.layers import ReLU6
+    from mobilenets.models.layers import ReLU6
 
     act = ReLU6(inplace=True)
     x = torch.tensor([-1.0, 0.0, 0.5, 6.0, 7.0]).repeat(4)
@@ -367,7 +367,7 @@ def test_relu6_copies_nothing_for_autograd_and_stays_in_place_without_it():
 
 
 def test_global_avg_pool_is_the_mean_with_the_inputs_layout_in_its_gradient():
-    from mobilenets.layers import global_avg_pool
+    from mobilenets.models.layers import global_avg_pool
 
     x = torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
     out = global_avg_pool(x)

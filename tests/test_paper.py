@@ -14,9 +14,9 @@ from torch import nn
 
 import mobilenets
 from datagen import randomize_batchnorm
-from mobilenets import paper
-from mobilenets.blocks import InvertedResidual
-from mobilenets.cli import main
+from mobilenets.analysis import paper
+from mobilenets.models.blocks import InvertedResidual
+from mobilenets.cli.main import main
 
 
 # ---------------------------------------------------------------- cost, V1 Tables 2 and 3
@@ -258,7 +258,7 @@ def test_cli_ablation_takes_a_batch_size(tmp_path, monkeypatch, capsys):
 # ---------------------------------------------------------------- ablation
 
 def test_ablation_trains_linear_and_relu6_bottlenecks(tmp_path):
-    pytest.importorskip("mobilenets.train")
+    pytest.importorskip("mobilenets.training.trainer")
     from datagen import make_idx_dir
 
     data = make_idx_dir(tmp_path / "idx", n_train=32, n_test=16, classes=10)

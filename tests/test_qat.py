@@ -11,14 +11,16 @@ from onnx import numpy_helper
 
 import mobilenets
 from datagen import make_idx_dir, randomize_batchnorm
-from mobilenets import MobilenetsError, deploy
-from mobilenets.checkpoint import load_model, read_checkpoint
-from mobilenets.cli import main
-from mobilenets import cpu, qat
-from mobilenets.cpu import reduce_range_default
-from mobilenets.qat import (ActivationQuant, QuantConvNormAct, calibrate, fake_quant_weight, is_qat, prepare_qat,
+from mobilenets import MobilenetsError
+from mobilenets.deploy import export as deploy
+from mobilenets.io.checkpoint import load_model, read_checkpoint
+from mobilenets.cli.main import main
+from mobilenets.ops import cpu
+from mobilenets.training import qat
+from mobilenets.ops.cpu import reduce_range_default
+from mobilenets.training.qat import (ActivationQuant, QuantConvNormAct, calibrate, fake_quant_weight, is_qat, prepare_qat,
                             weight_qmax)
-from mobilenets.train import TrainConfig, train
+from mobilenets.training.trainer import TrainConfig, train
 
 pytest.importorskip("onnxruntime")
 
@@ -205,7 +207,7 @@ def test_qat_cli(float_run, tmp_path, capsys):
 
 
 def test_init_starts_from_the_checkpoint(float_run, tmp_path):
-    from mobilenets.train import Trainer
+    from mobilenets.training.trainer import Trainer
 
     data, init = float_run
     model, meta = load_model(init)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import mobilenets
-from mobilenets import convert
-from mobilenets.checkpoint import load_model
-from mobilenets.cli import main
+from mobilenets.io import convert
+from mobilenets.io.checkpoint import load_model
+from mobilenets.cli.main import main
 from reference import all_fixtures, fixture_input, fixture_tensors, load_fixture
 
 FIXTURES = all_fixtures()

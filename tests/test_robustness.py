@@ -28,10 +28,10 @@ from safetensors.torch import save_file
 
 from datagen import make_idx_dir, make_image_folder, write_idx
 from mobilenets import MobilenetsError
-from mobilenets.checkpoint import atomic_write_bytes, load_model, read_checkpoint
-from mobilenets.cli import main
-from mobilenets.data import ImageFolder, TensorImages, load_dataset
-from mobilenets.train import TrainConfig, Trainer, TrainingInterrupted, train
+from mobilenets.io.checkpoint import atomic_write_bytes, load_model, read_checkpoint
+from mobilenets.cli.main import main
+from mobilenets.data.datasets import ImageFolder, TensorImages, load_dataset
+from mobilenets.training.trainer import TrainConfig, Trainer, TrainingInterrupted, train
 
 TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16, lr=0.05,
             warmup=0.0, precision="fp32", progress=False, erasing=0.25)
@@ -476,7 +476,7 @@ def test_unwritable_output_directories(idx_dir: Path, run_dir: Path, tmp_path: P
                               "--out", str(blocker / "ev")])
     assert "cannot write to" in line and "writable output directory" in line
     with pytest.raises(MobilenetsError, match="not writable"):
-        from mobilenets.train import _check_writable
+        from mobilenets.training.trainer import _check_writable
 
         class ReadOnly(type(tmp_path)):
             def write_bytes(self, data):  # what a read-only mount answers
@@ -733,7 +733,7 @@ def test_a_nan_validation_loss_stops_training_and_is_never_the_best(idx_dir: Pat
     loss is checked too, before anything is saved as best."""
     import dataclasses
 
-    import mobilenets.train as train_module
+    import mobilenets.training.trainer as train_module
 
     real = train_module.evaluate
     monkeypatch.setattr(train_module, "evaluate",
@@ -761,7 +761,7 @@ def test_eval_plots_into_the_run_directory_and_a_failed_plot_keeps_the_results(
         run_dir: Path, idx_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
     assert main(["eval", str(run_dir), "--data", str(idx_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["confusion_png"] == str(run_dir / "confusion.png")
-    import mobilenets.train_cli as train_cli
+    import mobilenets.cli.train as train_cli
 
     def unwritable(*_args: Any) -> Path:
         raise MobilenetsError(f"cannot write to {run_dir}: Read-only file system")
@@ -787,7 +787,7 @@ def test_val_fraction_splits_a_folder_once_and_eval_scores_the_same_held_out_ima
     assert meta["holdout"] == {"seed": 3, "val_fraction": 0.5}
     assert main(["eval", str(tmp_path / "r"), "--data", str(root), "--split", "val", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    from mobilenets.train import evaluate
+    from mobilenets.training.trainer import evaluate
 
     model, meta = load_model(tmp_path / "r" / "best.safetensors")
     same = evaluate(model, trainer.val_set, meta["preprocessing"])  # the images training held out
@@ -822,7 +822,7 @@ def test_predict_argument_mistakes(run_dir: Path, tmp_path: Path, capsys: pytest
 
 
 def test_predict_works_in_batches(run_dir: Path, tmp_path: Path) -> None:
-    from mobilenets.predict import predict_with
+    from mobilenets.deploy.predict import predict_with
 
     model, meta = load_model(run_dir / "best.safetensors")
     model.eval()
@@ -873,7 +873,7 @@ def test_inference_commands_keep_freed_memory_unless_told_not_to(run_dir, idx_di
     """eval, predict and bench run with glibc keeping freed memory, as the trainer does:
     a plain process faults every batch's activations in again (eval 2.3x slower measured);
     ``--no-reuse-memory`` leaves the allocator alone."""
-    import mobilenets.cpu as cpu_module
+    import mobilenets.ops.cpu as cpu_module
 
     calls = []
     monkeypatch.setattr(cpu_module, "keep_freed_memory", lambda: calls.append(1) or True)
@@ -891,7 +891,7 @@ def test_bench_records_which_allocator_behaviour_it_measured():
     """``freed_memory_kept`` says whether keep_freed_memory applied in this process, and the
     bench report's machine record carries it (the setting cannot be undone, so a later
     ``reuse_memory=False`` run in the same process still measures kept memory)."""
-    code = ("import torch, mobilenets\nfrom mobilenets import bench, cpu\n"
+    code = ("import torch, mobilenets\nfrom mobilenets.deploy import bench\nfrom mobilenets.ops import cpu\n"
             "m = mobilenets.create_model('mobilenet_v3_small_minimal', width_mult=0.25, num_classes=4)\n"
             "kw = dict(batches=(1,), resolution=32, backends=('eager',), threads=1, seconds=0.02, peak_size=64)\n"
             "before = cpu.freed_memory_kept()\n"

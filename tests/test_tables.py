@@ -6,7 +6,7 @@ import pytest
 
 import mobilenets
 from mobilenets import make_divisible
-from mobilenets.profile import profile
+from mobilenets.analysis.profile import profile
 
 
 def params(name, **kw):

@@ -15,12 +15,12 @@ from PIL import Image
 
 from datagen import make_idx_dir, make_image_folder
 from mobilenets import MobilenetsError
-from mobilenets.augment import normalize
-from mobilenets.checkpoint import load_model, read_checkpoint
-from mobilenets.cli import main
-from mobilenets.data import TensorImages
-from mobilenets.predict import predict_files
-from mobilenets.train import TrainConfig, Trainer, evaluate, train
+from mobilenets.data.augment import normalize
+from mobilenets.io.checkpoint import load_model, read_checkpoint
+from mobilenets.cli.main import main
+from mobilenets.data.datasets import TensorImages
+from mobilenets.deploy.predict import predict_files
+from mobilenets.training.trainer import TrainConfig, Trainer, evaluate, train
 
 TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16,
             lr=0.05, warmup=0.0, precision="fp32", progress=False, erasing=0.25)
@@ -83,7 +83,7 @@ def test_the_last_no_aug_epochs_see_the_images_as_evaluation_does(idx_dir, tmp_p
 
 
 def test_photo_folders_stop_cropping_for_the_no_aug_epochs(tmp_path, monkeypatch):
-    from mobilenets.data import ImageFolder
+    from mobilenets.data.datasets import ImageFolder
 
     root = make_image_folder(tmp_path / "photos", n_per_class=8, size=72, modes=("RGB",))
     crops = []
@@ -285,7 +285,7 @@ def test_checkpoints_get_normal_file_permissions(tmp_path):
     import os
 
     from mobilenets import create_model
-    from mobilenets.checkpoint import save_model
+    from mobilenets.io.checkpoint import save_model
 
     umask = os.umask(0)
     os.umask(umask)
@@ -334,7 +334,7 @@ def test_resume_says_what_it_ignores_and_when_there_is_nothing_to_do(idx_dir, tm
 
 def test_eval_leaves_a_large_confusion_matrix_out_of_the_text(tmp_path, capsys):
     import mobilenets
-    from mobilenets.checkpoint import save_model
+    from mobilenets.io.checkpoint import save_model
 
     names = [f"c{i:02d}" for i in range(21)]
     root = make_image_folder(tmp_path / "many", n_per_class=1, classes=names, splits=True)
@@ -351,7 +351,7 @@ def test_eval_leaves_a_large_confusion_matrix_out_of_the_text(tmp_path, capsys):
 def test_classes_absent_from_the_evaluation_data_have_no_accuracy(tmp_path, capsys):
     """A subset of a model's classes is a fair evaluation; the missing ones are not 0 %."""
     import mobilenets
-    from mobilenets.checkpoint import save_model
+    from mobilenets.io.checkpoint import save_model
 
     names = ["cat", "dog", "fox"]
     root = make_image_folder(tmp_path / "two", n_per_class=2, classes=("cat", "dog"), splits=True)
@@ -369,7 +369,7 @@ def test_classes_absent_from_the_evaluation_data_have_no_accuracy(tmp_path, caps
 def test_bf16_supported_asks_for_the_bf16_instructions_by_name():
     """Plain AVX-512 CPUs emulate bf16 (slower than fp32): ``auto`` precision and the
     ``compile-bf16`` bench backend need AVX-512-BF16 or AMX, as /proc/cpuinfo names them."""
-    from mobilenets.cpu import bf16_supported
+    from mobilenets.ops.cpu import bf16_supported
 
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file():
@@ -408,7 +408,7 @@ def test_compiled_training_steps_like_the_eager_one(idx_dir, tmp_path, monkeypat
 
 
 def test_compile_without_a_cpp_compiler_is_a_clear_error(idx_dir, tmp_path, monkeypatch, capsys):
-    import mobilenets.train as train_module
+    import mobilenets.training.trainer as train_module
 
     monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
@@ -423,7 +423,7 @@ import ctypes, resource, statistics, sys
 import torch
 import torch.nn.functional as F
 import mobilenets
-from mobilenets import cpu
+from mobilenets.ops import cpu
 applied = cpu.keep_freed_memory() if sys.argv[1] == "keep" else False
 torch.set_num_threads(2)
 class MallInfo2(ctypes.Structure):
@@ -468,7 +468,7 @@ def test_keep_freed_memory_stops_the_page_faults_of_each_training_step():
 
 @pytest.mark.parametrize("reuse", [True, False])
 def test_cpu_trainer_keeps_freed_memory_unless_told_not_to(idx_dir, tmp_path, monkeypatch, reuse):
-    import mobilenets.train as train_module
+    import mobilenets.training.trainer as train_module
 
     calls = []
     monkeypatch.setattr(train_module, "keep_freed_memory", lambda: calls.append(1) or True)

@@ -16,10 +16,10 @@ from safetensors.torch import save_file
 
 from datagen import make_idx_dir
 from mobilenets import MobilenetsError
-from mobilenets.checkpoint import load_model, read_checkpoint
-from mobilenets.cli import build_parser, main
-from mobilenets.train import METRIC_COLUMNS, TrainConfig, Trainer, evaluate, lr_factor, train
-from mobilenets.train_cli import _config_from_args
+from mobilenets.io.checkpoint import load_model, read_checkpoint
+from mobilenets.cli.main import build_parser, main
+from mobilenets.training.trainer import METRIC_COLUMNS, TrainConfig, Trainer, evaluate, lr_factor, train
+from mobilenets.cli.train import _config_from_args
 
 TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16, lr=0.05,
             warmup=0.0, precision="fp32", progress=False)
@@ -158,7 +158,7 @@ def test_nproc_per_node_checks_the_options_once_before_launching(idx_dir: Path, 
 
 
 def test_out_of_memory_while_running_an_artifact_is_named_as_such(tmp_path: Path) -> None:
-    from mobilenets.deploy import _guarded
+    from mobilenets.deploy.export import _guarded
 
     def oom(_x):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
@@ -174,7 +174,7 @@ def test_out_of_memory_while_running_an_artifact_is_named_as_such(tmp_path: Path
 
 
 def test_resizing_in_memory_data_beyond_the_machines_memory_is_refused(idx_dir: Path, monkeypatch) -> None:
-    import mobilenets.data as data
+    import mobilenets.data.datasets as data
 
     ds = data.load_dataset(str(idx_dir), "test")
     monkeypatch.setattr(data, "_memory_bytes", lambda: 2 * 16 * 64 * 64 - 1)
@@ -195,7 +195,7 @@ def test_init_keeps_the_checkpoints_stem(idx_dir: Path, tmp_path: Path) -> None:
     """A checkpoint saved without ``small_input`` (converted weights, a model saved from
     Python) keeps its stride-2 stem: the data's size does not change the architecture."""
     from mobilenets import create_model
-    from mobilenets.checkpoint import save_model
+    from mobilenets.io.checkpoint import save_model
 
     init = tmp_path / "init.safetensors"
     save_model(create_model("mobilenet_v3_small", width_mult=0.25, num_classes=4, in_chans=1), init,
@@ -212,7 +212,7 @@ def test_init_trains_at_the_checkpoints_input_size_and_channels(idx_dir: Path, t
     --image-size says otherwise, and on images converted to its channels."""
     from datagen import make_image_folder
     from mobilenets import create_model
-    from mobilenets.checkpoint import save_model
+    from mobilenets.io.checkpoint import save_model
 
     init = tmp_path / "init36.safetensors"
     save_model(create_model("mobilenet_v3_small", width_mult=0.25, num_classes=4, in_chans=1, small_input=True),
@@ -261,7 +261,7 @@ def test_warnings_for_a_reused_run_directory_and_an_init_holdout(idx_dir: Path, 
 
 def test_time_precisions_times_both_and_leaves_the_model_and_random_streams_alone() -> None:
     from mobilenets import create_model
-    from mobilenets.train import time_precisions
+    from mobilenets.training.trainer import time_precisions
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small", num_classes=4, in_chans=1, small_input=True, width_mult=0.25)
@@ -281,7 +281,7 @@ def test_time_precisions_times_both_and_leaves_the_model_and_random_streams_alon
                                            ({"fp32": 1.0, "bf16": 1.3}, "fp32")])
 def test_auto_precision_on_a_bf16_cpu_trains_in_the_faster_one(idx_dir: Path, tmp_path: Path, monkeypatch,
                                                                  capsys, times, chosen) -> None:
-    import mobilenets.train as train_module
+    import mobilenets.training.trainer as train_module
 
     trials = []
     monkeypatch.setattr(train_module, "bf16_supported", lambda: True)
@@ -301,7 +301,7 @@ def test_auto_precision_on_a_bf16_cpu_trains_in_the_faster_one(idx_dir: Path, tm
 @pytest.mark.parametrize("precision, bf16_cpu", [("fp32", True), ("bf16", True), ("auto", False)])
 def test_precision_is_timed_only_when_auto_has_a_choice(idx_dir: Path, tmp_path: Path, monkeypatch,
                                                         precision, bf16_cpu) -> None:
-    import mobilenets.train as train_module
+    import mobilenets.training.trainer as train_module
 
     monkeypatch.setattr(train_module, "bf16_supported", lambda: bf16_cpu)
     monkeypatch.setattr(train_module, "time_precisions", lambda *a: pytest.fail("timed without a choice"))
@@ -314,7 +314,7 @@ def test_a_finished_run_resumed_times_nothing_and_keeps_its_record(idx_dir: Path
                                                                       monkeypatch) -> None:
     """Resuming a run that has trained all its epochs trains nothing: no precision trial
     (seconds to tens of seconds), and config.json keeps what the run trained in."""
-    import mobilenets.train as train_module
+    import mobilenets.training.trainer as train_module
 
     trials = []
     monkeypatch.setattr(train_module, "bf16_supported", lambda: True)
@@ -338,7 +338,7 @@ def test_every_process_trains_in_the_first_processes_precision(idx_dir: Path, tm
     one, so all take the first process's choice."""
     import torch.distributed as dist
 
-    import mobilenets.train as train_module
+    import mobilenets.training.trainer as train_module
 
     sent = []
 

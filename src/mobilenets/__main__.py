@@ -3,7 +3,7 @@
 import os
 import sys
 
-from .cli import main
+from .cli.main import main
 
 code = main()
 if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import MobilenetsError
-from .layers import GlobalAvgPool
+from ..errors import MobilenetsError
+from ..models.layers import GlobalAvgPool
 
 
 def downsampling(strides: Sequence[int], *, small_input: bool,

@@ -39,7 +39,7 @@ this project chooses, and the single place a reader must check:
     TF-slim, Keras and timm do (the paper writes ReLU; we follow the code that trained the
     published weights).
 11. **MAdds** (§7.12): multiply-adds of convolutions and linear layers, as the papers count;
-    FLOPs = 2 × MAdds. :mod:`mobilenets.profile` reports MAdds.
+    FLOPs = 2 × MAdds. :mod:`mobilenets.analysis.profile` reports MAdds.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from __future__ import annotations
 import numbers
 from typing import Literal
 
-from .errors import MobilenetsError, did_you_mean
+from ..errors import MobilenetsError, did_you_mean
 
 WidthConvention = Literal["torchvision", "tf"]
 Padding = Literal["symmetric", "same"]

@@ -1,9 +1,9 @@
 """Quantization-aware fine-tuning that simulates the int8 model onnxruntime will run.
 
 ``mobilenets export --int8`` quantizes a float checkpoint after training
-(:func:`mobilenets.deploy.quantize_onnx`): BatchNorm folded into the convolutions,
+(:func:`mobilenets.deploy.export.quantize_onnx`): BatchNorm folded into the convolutions,
 per-output-channel symmetric int8 weights (scale ``max|w|/127``, or ``max|w|/64`` with
-``reduce_range`` on x86 CPUs without VNNI, see :func:`mobilenets.cpu.reduce_range_default`), per-tensor uint8
+``reduce_range`` on x86 CPUs without VNNI, see :func:`mobilenets.ops.cpu.reduce_range_default`), per-tensor uint8
 activations whose range is the calibration min/max (always containing 0). Where that
 rounding costs too much accuracy, ``train --qat`` fine-tunes the float weights with the same
 rounding in the forward pass, so that they learn to sit well on the int8 grid (Jacob et al.
@@ -35,13 +35,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu import reduce_range_default
-from .errors import MobilenetsError
-from .layers import Conv2dSame, ConvNormAct
+from ..ops.cpu import reduce_range_default
+from ..errors import MobilenetsError
+from ..models.layers import Conv2dSame, ConvNormAct
 
 #: onnxruntime's symmetric int8 weight range (``QuantType.QInt8`` with symmetric=True).
 WEIGHT_QMIN, WEIGHT_QMAX = -127, 127
-#: Its range with ``reduce_range`` (7-bit weights; see :func:`mobilenets.cpu.reduce_range_default`).
+#: Its range with ``reduce_range`` (7-bit weights; see :func:`mobilenets.ops.cpu.reduce_range_default`).
 REDUCED_WEIGHT_QMAX = 64
 #: uint8 activations (``QuantType.QUInt8``, asymmetric).
 ACT_QMIN, ACT_QMAX = 0, 255
@@ -174,7 +174,7 @@ class QuantConvNormAct(nn.Module):
         #: ReLU/ReLU6 only clip, so onnxruntime folds them into the output's range.
         self.fused_act = isinstance(self.act, (nn.ReLU, nn.ReLU6))
         #: The int8 graph computes hard-swish as ``x · Clip(x + 3, 0, 6) / 6`` and rounds the
-        #: gate ``Clip(x + 3, 0, 6)`` too (:func:`mobilenets.deploy.int8_friendly`).
+        #: gate ``Clip(x + 3, 0, 6)`` too (:func:`mobilenets.deploy.export.int8_friendly`).
         self.gate_quant = ActivationQuant() if isinstance(self.act, nn.Hardswish) else None
         self.in_channels, self.out_channels, self.stride = layer.in_channels, layer.out_channels, layer.stride
 

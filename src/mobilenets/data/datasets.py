@@ -2,7 +2,7 @@
 
 Every dataset yields ``(image, label)`` with ``image`` a ``uint8`` tensor ``(C, H, W)`` of a
 fixed size, and has ``classes`` (names). Normalisation and batch augmentation happen on
-whole batches in the training engine (:mod:`mobilenets.augment`), which is much faster on
+whole batches in the training engine (:mod:`mobilenets.data.augment`), which is much faster on
 CPU than per-image transforms. Small datasets (IDX, CIFAR) live in memory as one tensor.
 
 Image conversion (``load_image``), for folders and ``mobilenets predict``:
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .errors import MobilenetsError
+from ..errors import MobilenetsError
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
                          "Shirt", "Sneaker", "Bag", "Ankle boot"]

@@ -10,13 +10,13 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from .base import FeatureMaps, MobileNet
-from .conventions import MAX_WIDTH_MULT, check_choice
-from .errors import MobilenetsError, did_you_mean
-from .layers import ACTIVATIONS
-from .mobilenet_v1 import MobileNetV1
-from .mobilenet_v2 import MobileNetV2
-from .mobilenet_v3 import LARGE, LARGE_HEAD, SMALL, SMALL_HEAD, MobileNetV3, minimalistic
+from ..models.base import FeatureMaps, MobileNet
+from ..models.conventions import MAX_WIDTH_MULT, check_choice
+from ..errors import MobilenetsError, did_you_mean
+from ..models.layers import ACTIVATIONS
+from ..models.mobilenet_v1 import MobileNetV1
+from ..models.mobilenet_v2 import MobileNetV2
+from ..models.mobilenet_v3 import LARGE, LARGE_HEAD, SMALL, SMALL_HEAD, MobileNetV3, minimalistic
 
 _REGISTRY: dict[str, Callable[..., MobileNet]] = {}
 

@@ -11,11 +11,11 @@ from typing import NamedTuple
 from torch import nn
 
 
-from .base import MobileNet, downsampling
-from .blocks import InvertedResidual
-from .conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
+from ..models.base import MobileNet, downsampling
+from ..models.blocks import InvertedResidual
+from ..models.conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
                           check_choice, check_width_mult, make_divisible)
-from .layers import Act, ConvNormAct
+from ..models.layers import Act, ConvNormAct
 
 
 class Bottleneck(NamedTuple):

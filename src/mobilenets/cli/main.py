@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import MobilenetsError
+from ..errors import MobilenetsError
 
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int | None]] = {}
 
 #: Modules that add their own sub-commands: each has ``add_commands(subparsers)``, which
 #: registers parsers whose ``set_defaults(func=handler)`` names the handler.
-COMMAND_MODULES: tuple[str, ...] = ("mobilenets.train_cli", "mobilenets.paper_cli", "mobilenets.deploy_cli")
+COMMAND_MODULES: tuple[str, ...] = ("mobilenets.cli.train", "mobilenets.cli.paper", "mobilenets.cli.deploy")
 
 
 def _command(name: str):
@@ -58,10 +58,10 @@ def add_reuse_memory_option(p: argparse.ArgumentParser, gain: str) -> None:
 
 
 def reuse_memory(args: argparse.Namespace) -> None:
-    """Apply ``--no-reuse-memory``'s default: :func:`mobilenets.cpu.keep_freed_memory`, for
+    """Apply ``--no-reuse-memory``'s default: :func:`mobilenets.ops.cpu.keep_freed_memory`, for
     the rest of the process (it cannot be undone), before the command's own work."""
     if getattr(args, "reuse_memory", True):
-        from .cpu import keep_freed_memory
+        from ..ops.cpu import keep_freed_memory
 
         keep_freed_memory()
 
@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 @_command("models")
 def _models(args: argparse.Namespace) -> int:
-    from . import create_model, list_models
-    from .profile import profile
+    from .. import create_model
+    from .. import list_models
+    from ..analysis.profile import profile
     rows = []
     for name in list_models():
         prof = profile(create_model(name, num_classes=args.num_classes), args.resolution)
@@ -130,8 +131,8 @@ def _models(args: argparse.Namespace) -> int:
 
 @_command("summary")
 def _summary(args: argparse.Namespace) -> int:
-    from . import create_model
-    from .profile import profile
+    from .. import create_model
+    from ..analysis.profile import profile
     model = create_model(args.name, **model_kwargs_from_args(args))
     prof = profile(model, args.resolution)
     if args.json:
@@ -147,8 +148,8 @@ def _summary(args: argparse.Namespace) -> int:
 
 @_command("convert")
 def _convert(args: argparse.Namespace) -> int:
-    from .checkpoint import save_model
-    from .convert import convert
+    from ..io.checkpoint import save_model
+    from ..io.convert import convert
     kwargs = model_kwargs_from_args(args)
     if args.minimalistic:
         kwargs["minimalistic"] = True

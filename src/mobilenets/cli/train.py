@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import MobilenetsError
+from ..errors import MobilenetsError
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from .cli import add_model_options, add_reuse_memory_option
-    from .train import RECIPES
+    from ..cli.main import add_model_options, add_reuse_memory_option
+    from ..training.trainer import RECIPES
 
     p = sub.add_parser("train", help="train a model on Fashion-MNIST, MNIST, CIFAR or an image folder")
     p.add_argument("--model", help="model name (default mobilenet_v3_small; with --init, the checkpoint's)")
@@ -117,8 +117,8 @@ DEMO_EPOCHS = 3
 
 
 def _config_from_args(args: argparse.Namespace):
-    from .cli import model_kwargs_from_args
-    from .train import TrainConfig
+    from ..cli.main import model_kwargs_from_args
+    from ..training.trainer import TrainConfig
 
     keys = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup", "label_smoothing",
             "ema", "weight_decay", "erasing", "no_aug_epochs", "image_size", "val_fraction", "max_steps",
@@ -139,7 +139,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     """Re-run this very command under torchrun with ``--nproc-per-node`` processes."""
     from torch.distributed.run import main as torchrun
 
-    from .train import preflight
+    from ..training.trainer import preflight
 
     if args.nproc_per_node < 1:
         raise MobilenetsError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
@@ -173,7 +173,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainingInterrupted, train
+    from ..training.trainer import TrainingInterrupted, train
 
     if args.nproc_per_node is not None and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args)
@@ -189,11 +189,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .data import load_dataset
-    from .deploy import EXTENSIONS, bf16_inference, load_artifact
-    from .train import evaluate
-    from .cli import reuse_memory
+    from ..io.checkpoint import load_model
+    from ..data.datasets import load_dataset
+    from ..deploy.export import EXTENSIONS, bf16_inference, load_artifact
+    from ..training.trainer import evaluate
+    from ..cli.main import reuse_memory
 
     reuse_memory(args)
 
@@ -302,7 +302,7 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .checkpoint import atomic_write_bytes
+    from ..io.checkpoint import atomic_write_bytes
 
     m = np.asarray(confusion, dtype=float)
     norm = m / np.maximum(m.sum(1, keepdims=True), 1)
@@ -326,9 +326,9 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-    from .predict import predict_files
-    from .cli import reuse_memory
+    from ..io.checkpoint import load_model
+    from ..deploy.predict import predict_files
+    from ..cli.main import reuse_memory
 
     reuse_memory(args)
 
@@ -350,8 +350,8 @@ def _predict(args: argparse.Namespace) -> int:
         model, meta = load_model(args.checkpoint)
         preds = predict_files(model, meta, args.images, args.top_k)
     else:
-        from .deploy import load_artifact
-        from .predict import predict_with
+        from ..deploy.export import load_artifact
+        from ..deploy.predict import predict_with
 
         artifact = load_artifact(args.checkpoint)
         preds = predict_with(artifact.as_module(), artifact.meta, args.images, args.top_k)
@@ -367,10 +367,10 @@ def _demo(args: argparse.Namespace) -> int:
     """Train, evaluate on the 10,000 test images, predict a few of them."""
     from PIL import Image
 
-    from .checkpoint import load_model
-    from .data import load_dataset
-    from .predict import predict_files
-    from .train import TrainConfig, TrainingInterrupted, evaluate, train
+    from ..io.checkpoint import load_model
+    from ..data.datasets import load_dataset
+    from ..deploy.predict import predict_files
+    from ..training.trainer import TrainConfig, TrainingInterrupted, evaluate, train
 
     out = Path(args.out)
     cfg = TrainConfig(model="mobilenet_v3_small", data=args.data, out=str(out), recipe="small-images",

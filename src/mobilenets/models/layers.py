@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .conventions import Padding
+from ..models.conventions import Padding
 
 #: The papers' nonlinearity notation (V3 Tables 1-2 "NL" column), mapped once to modules.
 #: "RE6" is ReLU6, the activation of V1 and V2 (V2 §3: "We use ReLU6 as the non-linearity").

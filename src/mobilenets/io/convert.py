@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .conventions import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD
-from .errors import MobilenetsError, did_you_mean
-from .registry import check_model_name, create_model, list_models
+from ..models.conventions import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD
+from ..errors import MobilenetsError, did_you_mean
+from ..models.registry import check_model_name, create_model, list_models
 
 SOURCES = ("torchvision", "timm", "keras")
 

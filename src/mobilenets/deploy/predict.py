@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from .augment import normalize
-from .data import load_image, resize_center_crop, to_uint8_tensor
-from .errors import MobilenetsError
+from ..data.augment import normalize
+from ..data.datasets import load_image, resize_center_crop, to_uint8_tensor
+from ..errors import MobilenetsError
 
 
 @dataclass

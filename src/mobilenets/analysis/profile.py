@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import MobilenetsError
-from .layers import ConvNormAct, SqueezeExcite
+from ..errors import MobilenetsError
+from ..models.layers import ConvNormAct, SqueezeExcite
 
 #: Modules shown as one row of the per-layer table (a ConvNormAct is one paper "layer").
 _ROW_TYPES = (ConvNormAct, SqueezeExcite, nn.Conv2d, nn.Linear, nn.AdaptiveAvgPool2d)

@@ -1,7 +1,7 @@
 """The papers' tables and analyses, recomputed from the project's real networks (issue 6).
 
 Each topic is a plain function that builds the networks (or single layers) the papers
-describe, measures them with :func:`mobilenets.profile.profile` (PyTorch's
+describe, measures them with :func:`mobilenets.analysis.profile.profile` (PyTorch's
 ``FlopCounterMode``) or with forward hooks, and returns dataclasses that hold the computed
 figures beside the published ones (SPEC §1-§3, §8). Nothing is typed in from the papers
 except the published values they are compared with, so a disagreement is a finding, not a
@@ -29,12 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import MobileNet
-from .blocks import DepthwiseSeparable, InvertedResidual
-from .errors import MobilenetsError
-from .layers import Conv2dSame, ConvNormAct, SqueezeExcite
-from .profile import Profile, profile
-from .registry import create_model
+from ..models.base import MobileNet
+from ..models.blocks import DepthwiseSeparable, InvertedResidual
+from ..errors import MobilenetsError
+from ..models.layers import Conv2dSame, ConvNormAct, SqueezeExcite
+from ..analysis.profile import Profile, profile
+from ..models.registry import create_model
 
 TOPICS: tuple[str, ...] = ("tables", "cost", "memory", "manifold", "activations",
                            "last-stage", "ablation")
@@ -427,7 +427,7 @@ class BlockComparison:
 
 
 def block_comparison(resolution: int = 56, channels: int = 24, t: int = 6, k: int = 3) -> BlockComparison:
-    """Build both blocks from :mod:`mobilenets.blocks` and count them.
+    """Build both blocks from :mod:`mobilenets.models.blocks` and count them.
 
     The V2 block's MAdds equal V2 §3's h·w·d′·t(d′ + k² + d″); the V1 block's equal
     h·w·(k²·c + c²) with c = t·d′.
@@ -741,7 +741,7 @@ class MemoryResult:
     resolution: int
     rows: list[ResolutionRow]
     peaks: list[PeakRow]
-    profiler_peak_elements: int  # mobilenets.profile: every leaf op (BN, ReLU6 separately)
+    profiler_peak_elements: int  # mobilenets.analysis.profile: every leaf op (BN, ReLU6 separately)
     profiler_peak_layer: str
 
 
@@ -1052,9 +1052,9 @@ def ablation(out: str | Path, *, data: str = "fashion-mnist", epochs: int = 1, s
 
     A short schedule on Fashion-MNIST shows the direction of the effect, not ImageNet's
     size of it; both runs see the same data order and initialisation seed. The training
-    recipe is :mod:`mobilenets.train`'s default; ``batch_size``/``workers`` pass through.
+    recipe is :mod:`mobilenets.training.trainer`'s default; ``batch_size``/``workers`` pass through.
     """
-    from .train import TrainConfig, train
+    from ..training.trainer import TrainConfig, train
 
     rows = []
     for variant, act in (("linear", None), ("relu6", "RE6")):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .conventions import Padding
-from .layers import Act, ConvNormAct, SqueezeExcite
+from ..models.conventions import Padding
+from ..models.layers import Act, ConvNormAct, SqueezeExcite
 
 
 class DepthwiseSeparable(nn.Module):

@@ -45,17 +45,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .checkpoint import atomic_write_bytes, check_meta_fields, checkpoint_file, load_model
-from .conventions import check_choice
-from .errors import MobilenetsError
-from .layers import ConvNormAct
+from .. import __version__
+from ..io.artifact import EXTENSIONS, META_KEY, Artifact, load_artifact, onnx_session, require_onnx, sidecar_path, torchscript_quietly
+from ..io.checkpoint import atomic_write_bytes, check_meta_fields, checkpoint_file, load_model
+from ..models.conventions import check_choice
+from ..errors import MobilenetsError
+from ..models.layers import ConvNormAct
 
 FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2")
-EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
 #: ONNX opset of exported graphs: >= 14 has native HardSwish, 18 is the exporter's default.
 ONNX_OPSET = 18
-META_KEY = "mobilenets"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 #: Largest allowed ``max|artifact - pytorch| / max|pytorch|``. Float exports differ from
@@ -186,7 +185,7 @@ def preprocess(images: torch.Tensor | np.ndarray, preprocessing: dict[str, Any])
     Images must already have the model's size and channels (datasets load them that way);
     resizing here would silently differ from what the model was trained on.
     """
-    from .augment import normalize
+    from ..data.augment import normalize
 
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8:
@@ -220,7 +219,7 @@ def load_calibration_images(spec: str | os.PathLike, n: int, preprocessing: dict
     (a checkpoint's stored ``{"seed", "val_fraction"}``) leaves out the images its training
     held out for validation, so that they stay unseen too.
     """
-    from .data import IMAGE_EXTENSIONS, load_dataset, load_image, resize_center_crop, to_uint8_tensor
+    from ..data.datasets import IMAGE_EXTENSIONS, load_dataset, load_image, resize_center_crop, to_uint8_tensor
 
     if n < 1:
         raise MobilenetsError(f"--calibration-size must be >= 1, got {n}")
@@ -263,11 +262,6 @@ def artifact_metadata(model: nn.Module, preprocessing: dict[str, Any],
     return meta
 
 
-def sidecar_path(path: str | os.PathLike) -> Path:
-    """``model.pt`` → ``model.pt.json``: where non-ONNX artifacts keep their metadata."""
-    return Path(f"{path}.json")
-
-
 def _write_sidecar(path: Path, meta: dict[str, Any], data: bytes) -> None:
     """The sidecar records the artifact's SHA-256, so that a model file later replaced
     beside it is refused instead of served with another model's classes and normalization."""
@@ -276,16 +270,6 @@ def _write_sidecar(path: Path, meta: dict[str, Any], data: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------- exporters
-
-def _require_onnx() -> tuple[Any, Any]:
-    try:
-        import onnx
-        import onnxruntime
-    except ImportError as e:
-        raise MobilenetsError(f"ONNX export needs the onnx extra ({e.name} is missing): "
-                              "pip install 'mobilenets[onnx]'") from e
-    return onnx, onnxruntime
-
 
 @contextmanager
 def _quiet_exporter() -> Iterator[None]:
@@ -315,7 +299,7 @@ def _batch_dim() -> dict[int, Any]:
 def onnx_bytes(model: nn.Module, preprocessing: dict[str, Any], meta: dict[str, Any],
                opset: int = ONNX_OPSET) -> bytes:
     """The serialized ONNX graph of an inference-ready ``model`` with ``meta`` embedded."""
-    onnx, _ = _require_onnx()
+    onnx, _ = require_onnx()
     try:
         with _quiet_exporter(), torch.no_grad():
             program = torch.onnx.export(model, (_example(preprocessing),), dynamo=True,
@@ -327,15 +311,6 @@ def onnx_bytes(model: nn.Module, preprocessing: dict[str, Any], meta: dict[str, 
     proto = program.model_proto
     onnx.helper.set_model_props(proto, {META_KEY: json.dumps(meta, sort_keys=True)})
     return proto.SerializeToString()
-
-
-@contextmanager
-def torchscript_quietly() -> Iterator[None]:
-    """TorchScript is deprecated upstream in favour of ``torch.export`` (our ``.pt2``);
-    users who ask for it explicitly need no deprecation warning on every call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.jit")
-        yield
 
 
 def torchscript_bytes(model: nn.Module, preprocessing: dict[str, Any]) -> bytes:
@@ -553,12 +528,12 @@ def quantize_onnx(fp32: str | os.PathLike, output: str | os.PathLike,
 
     ``reduce_range`` rounds weights to [−64, 64] instead of [−127, 127], which x86 CPUs
     without VNNI need to avoid int16 saturation in onnxruntime's kernels; by default it
-    follows this machine (:func:`mobilenets.cpu.reduce_range_default`).
+    follows this machine (:func:`mobilenets.ops.cpu.reduce_range_default`).
     """
-    from .cpu import reduce_range_default
-    from .qat import weight_qmax
+    from ..ops.cpu import reduce_range_default
+    from ..training.qat import weight_qmax
 
-    onnx, _ = _require_onnx()
+    onnx, _ = require_onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -591,160 +566,6 @@ def quantize_onnx(fp32: str | os.PathLike, output: str | os.PathLike,
     output = Path(output)
     atomic_write_bytes(output, proto.SerializeToString())
     return output
-
-
-# ----------------------------------------------------------------------------- loading
-
-@dataclass
-class Artifact:
-    """A loaded export: call it on float32 NCHW arrays (already preprocessed) for logits.
-
-    ``preprocessing`` says how to make those arrays from images (``input_size``,
-    ``channels``, ``mean``, ``std`` on [0, 1] pixels); ``classes`` names the outputs.
-    """
-
-    path: Path
-    format: str
-    meta: dict[str, Any]
-    run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
-
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return self.meta.get("preprocessing") or {}
-
-    @property
-    def classes(self) -> list[str] | None:
-        return self.meta.get("classes")
-
-    @property
-    def int8(self) -> bool:
-        return bool(self.meta.get("int8"))
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.run(np.ascontiguousarray(x, dtype=np.float32))
-
-    def as_module(self) -> nn.Module:
-        """The artifact as a module from preprocessed batches to logits, so that the engine
-        that measures checkpoints (:func:`mobilenets.train.evaluate`) measures exports too."""
-        return _ArtifactModule(self)
-
-
-class _ArtifactModule(nn.Module):
-    def __init__(self, artifact: Artifact) -> None:
-        super().__init__()
-        self.artifact = artifact
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.artifact(x.detach().cpu().numpy()))
-
-
-def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session (all graph optimizations, ``threads`` intra-op threads)."""
-    _, ort = _require_onnx()
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # onnxruntime raises its own untyped errors for bad files
-        raise MobilenetsError(f"{path} is not a loadable ONNX model: {e}") from e
-
-
-def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifact:
-    """Load an exported ``.onnx``, TorchScript or ``.pt2`` file with its preprocessing.
-
-    ONNX files run in onnxruntime (float or int8) and carry their metadata inside; other
-    formats need the ``<file>.json`` sidecar written by :func:`export_model`. ``threads``
-    sets onnxruntime's intra-op threads, or PyTorch's (process-wide) for the other formats.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise MobilenetsError(f"artifact not found: {path}")
-    if path.suffix not in EXTENSIONS.values():
-        raise MobilenetsError(f"{path} is not a checkpoint or an exported model (.safetensors, "
-                              f"{', '.join(sorted(set(EXTENSIONS.values())))})")
-    if path.suffix == ".onnx":
-        session = onnx_session(path, threads)
-        meta_json = session.get_modelmeta().custom_metadata_map.get(META_KEY)
-        if meta_json is None:
-            raise MobilenetsError(f"{path} was not exported by mobilenets (no preprocessing "
-                                  "metadata); export it with `mobilenets export`")
-        name = session.get_inputs()[0].name
-        return Artifact(path, "onnx", _artifact_meta(meta_json, path),
-                        _guarded(path, lambda x: session.run(None, {name: x})[0]))
-    side = sidecar_path(path)
-    if not side.is_file():
-        raise MobilenetsError(f"{side} not found: TorchScript and .pt2 artifacts keep their "
-                              "preprocessing there; export with `mobilenets export`")
-    try:
-        text = side.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise MobilenetsError(f"{side} is not readable: {e}") from e
-    meta = _artifact_meta(text, side)
-    digest = meta.get("artifact_sha256")
-    if isinstance(digest, str) and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-        raise MobilenetsError(f"{side} describes another model file than {path} (SHA-256 differs): the "
-                              "model was replaced without its sidecar; export it again")
-    fmt = meta.get("format")
-    if fmt not in ("torchscript", "pt2"):
-        raise MobilenetsError(f"{side}: unknown artifact format {fmt!r}")
-    try:
-        if fmt == "torchscript":
-            with torchscript_quietly():
-                module = torch.jit.load(str(path), map_location="cpu")
-        else:
-            module = torch.export.load(str(path)).module()
-    except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways (BadZipFile, ...)
-        raise MobilenetsError(f"{path} is not a loadable {fmt} file: {type(e).__name__}: {e}") from e
-    if threads:
-        torch.set_num_threads(threads)
-
-    def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return module(torch.from_numpy(x)).numpy()
-
-    return Artifact(path, fmt, meta, _guarded(path, run))
-
-
-def _artifact_meta(text: str, source: Path) -> dict[str, Any]:
-    """An artifact's metadata (ONNX property or sidecar JSON), checked like a checkpoint's."""
-    try:
-        meta = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        raise MobilenetsError(f"{source}: metadata is not readable JSON ({e})") from e
-    if not isinstance(meta, dict) or not isinstance(meta.get("preprocessing"), dict):
-        raise MobilenetsError(f"{source}: metadata lacks its preprocessing; export with `mobilenets export`")
-    check_meta_fields(meta, source)
-    return meta
-
-
-def _guarded(path: Path, run: Callable[[np.ndarray], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """``run``, with the runtime's errors as one clear error: running out of memory, or
-    (most often) metadata that does not fit the graph."""
-    def call(x: np.ndarray) -> np.ndarray:
-        try:
-            return run(x)
-        except (RuntimeError, ValueError, MemoryError, AssertionError) as e:  # torch.export's guards assert
-            raise _run_failure(path, x, e) from e
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            if type(e).__module__.startswith("onnxruntime"):
-                raise _run_failure(path, x, e) from e
-            raise
-    return call
-
-
-_OUT_OF_MEMORY = ("out of memory", "can't allocate", "cannot allocate", "bad_alloc", "failed to allocate")
-
-
-def _run_failure(path: Path, x: np.ndarray, e: BaseException) -> MobilenetsError:
-    text = str(e).strip()
-    first = text.splitlines()[0][:200] if text else type(e).__name__
-    if isinstance(e, MemoryError) or any(s in text.lower() for s in _OUT_OF_MEMORY):
-        return MobilenetsError(f"{path} ran out of memory on a batch of {x.shape[0]} ({first}); "
-                               "use a smaller batch size")
-    return MobilenetsError(f"{path} failed on inputs of shape {tuple(x.shape)}, as its metadata "
-                           f"describes them ({first}); if the metadata was edited, re-export the model")
 
 
 # ----------------------------------------------------------------------------- parity
@@ -880,7 +701,7 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
         data = onnx_bytes(ready, preprocessing, meta)
         if int8:
             if reduce_range is None:
-                from .cpu import reduce_range_default
+                from ..ops.cpu import reduce_range_default
                 reduce_range = reduce_range_default()
             with tempfile.TemporaryDirectory(prefix="mobilenets-export-") as tmp:
                 fp32 = Path(tmp) / "fp32.onnx"

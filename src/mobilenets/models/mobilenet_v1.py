@@ -10,13 +10,13 @@ from typing import NamedTuple
 
 from torch import nn
 
-from .errors import MobilenetsError
+from ..errors import MobilenetsError
 
-from .blocks import DepthwiseSeparable
-from .conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
+from ..models.blocks import DepthwiseSeparable
+from ..models.conventions import (BN_DEFAULTS, PADDINGS, WIDTH_CONVENTIONS, Padding, WidthConvention,
                           check_choice, check_width_mult, make_divisible)
-from .base import MobileNet, downsampling
-from .layers import ConvNormAct
+from ..models.base import MobileNet, downsampling
+from ..models.layers import ConvNormAct
 
 
 class DW(NamedTuple):

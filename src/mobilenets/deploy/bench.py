@@ -16,12 +16,12 @@ Backends (:data:`BACKENDS`):
 * ``compile``: the ``channels_last`` model through ``torch.compile`` (Inductor, static
   shapes, weights frozen as constants, the options of :func:`compile_options`, built by
   :func:`compile_model`; compiles once per batch size, which can take a minute).
-* ``compile-bf16``: the same in bfloat16 (:func:`mobilenets.deploy.bf16_inference`:
+* ``compile-bf16``: the same in bfloat16 (:func:`mobilenets.deploy.export.bf16_inference`:
   bf16 weights and activations, float32 in and out), on CPUs with native bf16
   instructions (AVX-512-BF16/AMX) only. Not exact: ``mobilenets eval --precision bf16``
   measures its accuracy.
 * ``onnxruntime`` / ``onnxruntime-int8``: the exported ONNX file, float and int8
-  (:mod:`mobilenets.deploy`), on onnxruntime's CPU provider.
+  (:mod:`mobilenets.deploy.export`), on onnxruntime's CPU provider.
 
 A backend that cannot be built or run here (no C++ compiler for ``torch.compile``, no
 bf16 instructions, no ``onnxruntime``) is reported as unavailable, with the reason,
@@ -59,10 +59,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import cpu, deploy
-from .conventions import check_choice
-from .errors import MobilenetsError
-from .profile import profile
+from ..ops import cpu
+
+from ..deploy import export as deploy
+from ..models.conventions import check_choice
+from ..errors import MobilenetsError
+from ..analysis.profile import profile
 
 BACKENDS: tuple[str, ...] = ("eager", "channels_last", "torchscript", "compile", "compile-bf16",
                              "onnxruntime", "onnxruntime-int8")
@@ -383,7 +385,7 @@ class _Backends:
             elif backend == "compile":
                 module = compile_model(self.ready_cl, compile_options(batch))
             elif backend == "compile-bf16":
-                from .cpu import bf16_supported
+                from ..ops.cpu import bf16_supported
 
                 if not bf16_supported():
                     raise MobilenetsError("this CPU has no native bf16 instructions (AVX-512-BF16 or AMX)")
@@ -406,7 +408,7 @@ def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resoluti
 
     ``seconds`` is the timed budget per backend and batch size, ``peak_size`` the side of
     the matmul that measures the peak, ``log`` receives progress lines. ``reuse_memory``
-    applies :func:`mobilenets.cpu.keep_freed_memory` to the whole process first, as the
+    applies :func:`mobilenets.ops.cpu.keep_freed_memory` to the whole process first, as the
     trainer and ``mobilenets eval``/``predict`` do; the report's ``machine["malloc"]``
     records which allocator behaviour was measured.
     """

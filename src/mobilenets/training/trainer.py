@@ -8,7 +8,7 @@ One run lives in one directory (``--out``):
   scheduler, EMA, epoch and step) under ``train/...`` keys, written atomically after every
   epoch and on Ctrl-C/SIGTERM; ``best.safetensors``: the best weights by validation
   accuracy (EMA weights when they are better). Both load with
-  :func:`mobilenets.checkpoint.load_model`.
+  :func:`mobilenets.io.checkpoint.load_model`.
 
 Exact resume: the data order of an epoch, every augmentation and every dropout mask are
 drawn from generators seeded by ``(seed, epoch, step)``, so a resumed run replays the
@@ -41,17 +41,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from .augment import channel_stats, normalize, random_crop_flip, random_erasing
-from .checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
+from ..data.augment import channel_stats, normalize, random_crop_flip, random_erasing
+from ..io.checkpoint import (atomic_write_bytes, check_model_kwargs, load_state, model_meta, model_weights,
                          read_checkpoint, state_to_bytes)
-from .conventions import IMAGENET_MEAN, IMAGENET_STD
-from .cpu import bf16_supported, keep_freed_memory
-from .data import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages,
+from ..models.conventions import IMAGENET_MEAN, IMAGENET_STD
+from ..ops.cpu import bf16_supported, keep_freed_memory
+from ..data.datasets import (DEFAULT_VAL_FRACTION, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, TensorImages,
                    holdout_split, load_dataset, splits_from_train)
-from .data import mix_seed as _seed
-from .errors import MobilenetsError, did_you_mean
-from .qat import calibrate, load_range_state, prepare_qat, range_state
-from .registry import create_model, model_options
+from ..data.datasets import mix_seed as _seed
+from ..errors import MobilenetsError, did_you_mean
+from ..training.qat import calibrate, load_range_state, prepare_qat, range_state
+from ..models.registry import create_model, model_options
 
 # --------------------------------------------------------------------------- recipes
 
@@ -136,7 +136,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop each epoch after this many steps (smoke tests)
     stop_after_epoch: int | None = None  # stop resumably after this epoch (job time limits)
     init: str | None = None  # start from this checkpoint's weights; its model and options win
-    qat: bool = False  # quantization-aware fine-tuning of ``init`` (see mobilenets.qat)
+    qat: bool = False  # quantization-aware fine-tuning of ``init`` (see mobilenets.training.qat)
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
 
     def resolved(self) -> "TrainConfig":
@@ -211,7 +211,7 @@ INIT_FREE_OPTIONS = frozenset({"dropout"})
 def preflight(config: TrainConfig) -> None:
     """The checks that need no data loaded, run before torchrun starts the workers, so that
     a mistake in the options is reported once instead of once per process."""
-    from .data import resolve_data_dir
+    from ..data.datasets import resolve_data_dir
 
     if config.resume:
         Trainer._read_saved_config_in(Path(config.out))
@@ -544,7 +544,7 @@ class Trainer:
             config = replace(saved, resume=True, **overrides)
         init = None
         if config.init and not config.resume:
-            from .deploy import EXTENSIONS
+            from ..deploy.export import EXTENSIONS
 
             if Path(config.init).suffix in EXTENSIONS.values():
                 raise MobilenetsError(f"{config.init} is an exported model; --init takes the .safetensors "
@@ -767,7 +767,7 @@ class Trainer:
         if self.holdout:  # so that `eval` scores the same held-out images
             meta["holdout"] = dict(self.holdout)
         if self.cfg.qat:
-            meta["qat"] = {"init": self.cfg.init, "simulates": "onnxruntime int8 (mobilenets.qat)"}
+            meta["qat"] = {"init": self.cfg.init, "simulates": "onnxruntime int8 (mobilenets.training.qat)"}
         meta.update(extra)
         return meta
 

@@ -1,5 +1,5 @@
-"""``mobilenets export`` and ``mobilenets bench``: thin commands over :mod:`mobilenets.deploy`
-and :mod:`mobilenets.bench`."""
+"""``mobilenets export`` and ``mobilenets bench``: thin commands over :mod:`mobilenets.deploy.export`
+and :mod:`mobilenets.deploy.bench`."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 from torch import nn
 
-from .cli import add_model_options, add_reuse_memory_option, model_kwargs_from_args
-from .errors import MobilenetsError, did_you_mean
+from ..cli.main import add_model_options, add_reuse_memory_option, model_kwargs_from_args
+from ..errors import MobilenetsError, did_you_mean
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``export`` and ``bench`` on the main parser's sub-commands."""
-    from .bench import BACKENDS, DEFAULT_BACKENDS
-    from .deploy import FORMATS
+    from ..deploy.bench import BACKENDS, DEFAULT_BACKENDS
+    from ..deploy.export import FORMATS
 
     p = sub.add_parser("export", help="export a checkpoint (ONNX, TorchScript, pt2; optional "
                                       "int8), checked against PyTorch",
@@ -66,7 +66,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .deploy import export_checkpoint
+    from ..deploy.export import export_checkpoint
 
     result = export_checkpoint(args.checkpoint, args.format, args.output, int8=args.int8,
                                calibration_data=args.calibration_data,
@@ -90,9 +90,9 @@ def _int_list(text: str, what: str) -> list[int]:
 
 def _bench_model(spec: str, args: argparse.Namespace) -> tuple[nn.Module, int]:
     """The model a bench argument names, and its default resolution."""
-    from .checkpoint import load_model
-    from .deploy import EXTENSIONS
-    from .registry import create_model, list_models
+    from ..io.checkpoint import load_model
+    from ..deploy.export import EXTENSIONS
+    from ..models.registry import create_model, list_models
 
     kwargs = model_kwargs_from_args(args)
     if spec in list_models():
@@ -112,7 +112,7 @@ def _bench_model(spec: str, args: argparse.Namespace) -> tuple[nn.Module, int]:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import BACKENDS, benchmark
+    from ..deploy.bench import BACKENDS, benchmark
 
     batches = _int_list(args.batch, "--batch")
     backends = list(dict.fromkeys(b.strip() for b in args.backends.split(",") if b.strip()))

@@ -1,6 +1,6 @@
 """``mobilenets paper [TOPIC]``: the papers' tables and figures, recomputed (issue 6).
 
-The computations live in :mod:`mobilenets.paper`; this module only parses options, prints
+The computations live in :mod:`mobilenets.analysis.paper`; this module only parses options, prints
 aligned text (or JSON) and writes ``<out>/<topic>.json`` and the figures' PNGs.
 """
 
@@ -12,9 +12,9 @@ import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import paper
-from .conventions import check_choice
-from .errors import MobilenetsError
+from ..analysis import paper
+from ..models.conventions import check_choice
+from ..errors import MobilenetsError
 
 #: One topic: (args, out dir) -> (result, text, files written besides the JSON).
 Runner = Callable[[argparse.Namespace, Path], tuple[object, str, list[Path]]]

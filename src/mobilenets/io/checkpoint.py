@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
-from .errors import MobilenetsError, did_you_mean
-from .registry import check_options, create_model, list_models
+from ..errors import MobilenetsError, did_you_mean
+from ..models.registry import check_options, create_model, list_models
 
 META_KEY = "mobilenets"
 FORMAT_VERSION = 1
@@ -70,7 +70,7 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def model_meta(model: torch.nn.Module, **extra: Any) -> dict[str, Any]:
     """The metadata that rebuilds ``model`` (it must come from :func:`create_model`)."""
-    from .base import FeatureMaps
+    from ..models.base import FeatureMaps
 
     model = unwrap(model)
     if isinstance(model, FeatureMaps):
@@ -194,7 +194,7 @@ def check_meta_fields(meta: dict[str, Any], path: str | os.PathLike) -> None:
 
 def check_model_kwargs(name: str, kwargs: dict[str, Any], source: str) -> None:
     """Model options from a file's metadata, checked as :func:`create_model` checks them
-    (:func:`mobilenets.registry.check_options`), so that untrusted metadata fails with one
+    (:func:`mobilenets.models.registry.check_options`), so that untrusted metadata fails with one
     clear error and whatever builds also loads."""
     try:
         check_options(name, kwargs)

@@ -1,0 +1,1 @@
+"""Measure and explain: parameter/MAdds profiles and the papers' analyses."""
