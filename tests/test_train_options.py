@@ -175,12 +175,13 @@ def test_out_of_memory_while_running_an_artifact_is_named_as_such(tmp_path: Path
 
 def test_resizing_in_memory_data_beyond_the_machines_memory_is_refused(idx_dir: Path, monkeypatch) -> None:
     import mobilenets.data.datasets as data
+    import mobilenets.data.tensor_images as tensor_images
 
     ds = data.load_dataset(str(idx_dir), "test")
-    monkeypatch.setattr(data, "_memory_bytes", lambda: 2 * 16 * 64 * 64 - 1)
+    monkeypatch.setattr(tensor_images, "_memory_bytes", lambda: 2 * 16 * 64 * 64 - 1)
     with pytest.raises(MobilenetsError, match="16 images at 64×64 px need .* choose a smaller --image-size"):
         ds.resized(64)
-    monkeypatch.setattr(data, "_memory_bytes", lambda: 2 * 16 * 64 * 64)
+    monkeypatch.setattr(tensor_images, "_memory_bytes", lambda: 2 * 16 * 64 * 64)
     assert ds.resized(64).image_size == 64
 
 

@@ -14,7 +14,7 @@ import errno
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,18 @@ META_KEY = "mobilenets"
 FORMAT_VERSION = 1
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty temporary file beside ``path``, created with mode 0o666 so that the
+    kernel applies the umask as ``open()`` would: ``tempfile.mkstemp`` gives 0o600, and
+    finding out the umask to widen that takes ``os.umask``, which changes it for a moment
+    for every thread of the process."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary file name beside {path}")
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -38,7 +48,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp(path)
     except OSError as e:
         raise MobilenetsError(f"cannot write to {path.parent}: {e.strerror or e}; "
                               "choose a writable output directory") from e
@@ -46,7 +56,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 -> what open() would give
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
