@@ -22,3 +22,4 @@ __all__ = [
 ]
 
 _moved.install()
+__getattr__ = _moved.module_attribute

@@ -58,6 +58,15 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder):
         return importlib.machinery.ModuleSpec(fullname, _Alias(f"mobilenets.{MOVED[name]}"))
 
 
+def module_attribute(name: str) -> ModuleType:
+    """``mobilenets.<old>`` as an attribute of the package (its ``__getattr__``, PEP 562):
+    before the layout ``import mobilenets`` alone made ``mobilenets.blocks`` and the other
+    model modules reachable, so old names are imported on first use."""
+    if name in MOVED:
+        return importlib.import_module(f"mobilenets.{name}")
+    raise AttributeError(f"module 'mobilenets' has no attribute {name!r}")
+
+
 def install() -> None:
     """Put the finder on ``sys.meta_path`` once (idempotent)."""
     if not any(isinstance(f, MovedModuleFinder) for f in sys.meta_path):
