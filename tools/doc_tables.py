@@ -75,11 +75,11 @@ def machine_name(m: dict) -> str:
     return f"{name[:-1]}, {features})" if name.endswith(")") else f"{name} ({features})"
 
 
-def caption(results: Results, name: str, machine: str | None = None) -> str:
-    """The line under each table: which file, which command, which machine (``machine`` where
-    the table shows only some of the file's entries, all from one machine)."""
+def caption(results: Results, name: str, machine: str | None = None, command: str | None = None) -> str:
+    """The line under each table: which file, which command, which machine (``machine`` and
+    ``command`` where the table shows only some of the file's entries)."""
     p = results.provenance(name)
-    return f"\n\nFrom `benchmarks/results/{name}`: `{p['command']}`, on a {machine or p['machine']}."
+    return f"\n\nFrom `benchmarks/results/{name}`: `{command or p['command']}`, on a {machine or p['machine']}."
 
 
 def pct(x: float | None) -> str:
@@ -179,10 +179,9 @@ def ddp_table(results: Results) -> str:
 # --- int8 and QAT (benchmarks/quant_accuracy.py, qat_fidelity.py) ---------------------------------
 
 def quant_table(results: Results) -> str:
-    rows = []
-    for r in results("quant_accuracy.json"):
-        if "acc_onnx_int8_other_range" in r:
-            continue  # the 7-bit/8-bit comparison has its own table
+    shown = [r for r in results("quant_accuracy.json") if "acc_onnx_int8_other_range" not in r]
+    rows = []  # the 7-bit/8-bit comparison has a table of its own
+    for r in shown:
         qat = r.get("acc_qat_int8")
         rows.append([f"`{r['checkpoint']}`", f"`{r['model']}`", pct(r["acc_pytorch"]), pct(r.get("acc_pytorch_bf16")),
                      pct(r["acc_onnx_fp32"]), pct(r["acc_onnx_int8"]),
@@ -191,7 +190,9 @@ def quant_table(results: Results) -> str:
     header = ["checkpoint", "model", "PyTorch fp32", "PyTorch bf16", "ONNX fp32", "int8 (PTQ)", "Δ PTQ",
               "same top-1 as fp32", "int8 after QAT", "Δ QAT"]
     return (markdown(header, rows, left=2) + "\n\nFashion-MNIST test top-1 on all 10,000 test images, "
-            "256 calibration images; QAT: `--qat-steps 60`." + caption(results, "quant_accuracy.json"))
+            "256 calibration images; QAT: `--qat-steps 60`."
+            + caption(results, "quant_accuracy.json", "; ".join(sorted({machine_name(r["machine"]) for r in shown})),
+                      "python benchmarks/quant_accuracy.py CHECKPOINT [--qat-steps 60]"))
 
 
 def weight_range_table(results: Results) -> str:
@@ -204,7 +205,7 @@ def weight_range_table(results: Results) -> str:
              f"{verdict}: " + r["parity_int8_other_range"].split(" (")[0]]]
     return (markdown(["int8 weights", "test top-1", "export parity check"], rows, left=3)
             + f"\n\nCheckpoint `{r['checkpoint']}` (fp32 {pct(r['acc_pytorch'])}), all 10,000 test images."
-            + caption(results, "quant_accuracy.json", machine_name(r["machine"])))
+            + caption(results, "quant_accuracy.json", machine_name(r["machine"]), r["command"]))
 
 
 def qat_fidelity_table(results: Results) -> str:
