@@ -12,7 +12,7 @@ TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv data models clean
+.PHONY: demo test venv data models docs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ demo: $(STAMP) data
 
 models: $(STAMP)
 	$(BIN)/mobilenets models
+
+# Every table of measured figures in README.md and docs/ from benchmarks/results/*.json.
+docs: $(STAMP)
+	$(BIN)/python tools/make_docs.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -396,14 +396,18 @@ def test_width_multiplier_of_any_real_type():
         mobilenets.create_model("mobilenet_v2", width_mult=True)
 
 
-def test_the_readme_python_api_example_runs():
-    """The README's first example, verbatim up to the lines that need weight files."""
+def test_the_readme_python_api_example_runs(tmp_path, monkeypatch):
+    """The README's Python tour, verbatim up to the lines that need downloaded weight files
+    (it writes its checkpoint and export into the working directory)."""
     from pathlib import Path
 
     text = (Path(__file__).parent.parent / "README.md").read_text()
-    block = text.split("## Python API", 1)[1].split("```python", 1)[1].split("```", 1)[0]
-    code = block.split("from mobilenets import convert", 1)[0]
+    block = text.split("## Python tour", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    code = block.split("# Published weights", 1)[0]
+    assert "from_torchvision" not in code and "deploy.load_artifact" in code
+    monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
-    assert namespace["logits"].shape == (8, 10) and len(namespace["maps"]) == 5
-    assert namespace["fast"]._orig_mod.num_classes == 5  # compiled lazily: built, not run
+    assert namespace["feats"].shape == (8, 576, 4, 4)
+    assert namespace["meta"]["classes"][0] == "class 0" and namespace["run"].classes == namespace["meta"]["classes"]
+    assert namespace["logits"].shape == (4, 10) and namespace["onnx"].parity.ok
