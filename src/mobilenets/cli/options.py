@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..ops.cpu import keep_freed_memory
+from ..ops import cpu
 
 #: The model options, as ``create_model`` keyword arguments (``--width-mult`` -> width_mult).
 MODEL_OPTIONS: tuple[str, ...] = ("width_mult", "num_classes", "in_chans", "depth_multiplier",
@@ -51,4 +51,4 @@ def reuse_memory(args: argparse.Namespace) -> None:
     """Apply ``--no-reuse-memory``'s default: :func:`mobilenets.ops.cpu.keep_freed_memory`, for
     the rest of the process (it cannot be undone), before the command's own work."""
     if getattr(args, "reuse_memory", True):
-        keep_freed_memory()
+        cpu.keep_freed_memory()

@@ -31,6 +31,7 @@ _RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "optimizer", "schedule", "war
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run ``train`` asks for; options left out stay ``None`` so the recipe fills them."""
     given = {k: getattr(args, k) for k in _RECIPE_OVERRIDES if getattr(args, k) is not None}
     given.update(device=args.device, accum_steps=args.accum_steps, sync_bn=args.sync_bn)
     return TrainConfig(model=args.model, model_kwargs=model_kwargs_from_args(args), data=args.data,
@@ -40,7 +41,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
                        resume=args.resume, strict=args.strict, init=args.init, qat=args.qat, **given)
 
 
-_LAUNCHER_FLAGS = {"--nproc-per-node": True, "--nnodes": True, "--node-rank": True, "--rdzv-endpoint": True}
+#: ``train`` flags that torchrun consumes; the workers must not see them (they would launch again).
+_LAUNCHER_FLAGS = frozenset({"--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint"})
 
 
 def _worker_argv(argv: list[str]) -> list[str]:
@@ -111,6 +113,7 @@ def _load_scored_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, A
 
 
 def _eval_preprocessing(checkpoint: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """The stored preprocessing, checked here so a foreign file fails with a sentence, not a KeyError."""
     pre = meta.get("preprocessing")
     if not isinstance(pre, dict):
         raise MobilenetsError(f"{checkpoint} has no preprocessing metadata; was it made by "
@@ -140,6 +143,7 @@ def _eval_dataset(args: argparse.Namespace, model: nn.Module, meta: dict[str, An
 
 
 def _check_eval_options(args: argparse.Namespace) -> None:
+    """Checked before scoring, so a typo costs no minutes of evaluation."""
     if args.batch_size < 1:
         raise MobilenetsError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.out:  # asked for explicitly: a bad directory is an error, found before the work
@@ -165,6 +169,7 @@ def _plot_eval(args: argparse.Namespace, res: EvalResult) -> Path | None:
 
 
 def _print_eval(args: argparse.Namespace, res: EvalResult, png: Path | None) -> None:
+    """Top-1/top-5, per-class accuracy and (up to 20 classes) the confusion matrix as text."""
     tta = ", flip test-time augmentation" if args.tta else ""
     bf16 = ", bf16 weights and activations" if args.precision == "bf16" else ""
     print(f"{args.checkpoint} on {args.data} ({args.split}, {res.count} images{tta}{bf16})")
