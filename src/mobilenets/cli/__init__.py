@@ -1,4 +1,5 @@
-"""The ``mobilenets`` command line: a thin layer over the Python API."""
+"""The ``mobilenets`` command line: one parser (``parser.py``), one dispatch table
+(``main.COMMANDS``), handlers by topic (``models``, ``train``, ``deploy``, ``paper``)."""
 
 from .main import main
 

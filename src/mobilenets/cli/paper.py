@@ -1,7 +1,8 @@
 """``mobilenets paper [TOPIC]``: the papers' tables and figures, recomputed (issue 6).
 
-The computations live in :mod:`mobilenets.analysis.paper`; this module only parses options, prints
-aligned text (or JSON) and writes ``<out>/<topic>.json`` and the figures' PNGs.
+The computations live in :mod:`mobilenets.analysis.paper` and the options in
+:mod:`mobilenets.cli.parser`; this module only prints aligned text (or JSON) and writes
+``<out>/<topic>.json`` and the figures' PNGs.
 """
 
 from __future__ import annotations
@@ -13,35 +14,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..analysis import paper
-from ..models.conventions import check_choice
 from ..errors import MobilenetsError
+from ..models.conventions import check_choice
 
 #: One topic: (args, out dir) -> (result, text, files written besides the JSON).
 Runner = Callable[[argparse.Namespace, Path], tuple[object, str, list[Path]]]
-
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Register ``paper`` on the ``mobilenets`` sub-command parser."""
-    p = sub.add_parser(
-        "paper", help="reproduce the papers' tables and figures from the real networks",
-        description="Recompute the MobileNet papers' tables and analyses on this project's "
-                    "networks, beside the published figures. Topics: "
-                    f"{', '.join(paper.TOPICS)}; without one, all but ablation (which trains).")
-    p.add_argument("topic", nargs="?", help="one topic (default: all but ablation)")
-    p.add_argument("--out", default="runs/paper", help="directory for JSON and PNG files")
-    p.add_argument("--json", action="store_true", help="print JSON instead of text")
-    g = p.add_argument_group("cost options (standard vs depthwise-separable layer)")
-    g.add_argument("--dk", type=int, default=3, help="kernel size D_K")
-    g.add_argument("--m", type=int, default=512, help="input channels M")
-    g.add_argument("--n", type=int, default=512, help="output channels N")
-    g.add_argument("--df", type=int, default=14, help="feature map size D_F")
-    g = p.add_argument_group("ablation options (trains two V2 networks)")
-    g.add_argument("--data", default="fashion-mnist", help="dataset name or IDX directory")
-    g.add_argument("--epochs", type=int, default=1)
-    g.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
-    p.set_defaults(func=run_paper)
 
 
 def run_paper(args: argparse.Namespace) -> int:
