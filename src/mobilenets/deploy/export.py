@@ -726,7 +726,7 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
     if tolerance is None:
         tolerance = INT8_TOLERANCE if int8 else FLOAT_TOLERANCE
     try:
-        parity = check_parity(load_artifact(staged), reference, inputs, tolerance)
+        parity = check_parity(load_artifact(staged, trust_code=True), reference, inputs, tolerance)
     except BaseException:
         _discard(staged)
         raise

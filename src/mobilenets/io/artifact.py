@@ -23,6 +23,8 @@ from torch import nn
 
 from ..errors import MobilenetsError
 from .checkpoint import check_meta_fields
+from .safety import (check_onnx_external_data, check_pt2_members, quiet_loading,
+                     refuse_torchscript, weights_only_loads)
 
 #: File suffix of each export format.
 EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
@@ -110,28 +112,46 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
         raise MobilenetsError(f"{path} is not a loadable ONNX model: {e}") from e
 
 
-def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifact:
+def load_artifact(path: str | os.PathLike, threads: int | None = None, *,
+                  trust_code: bool = False) -> Artifact:
     """Load an exported ``.onnx``, TorchScript or ``.pt2`` file with its preprocessing.
 
     ONNX files run in onnxruntime (float or int8) and carry their metadata inside; other
     formats need the ``<file>.json`` sidecar written by :func:`export_model`. ``threads``
     sets onnxruntime's intra-op threads, or PyTorch's (process-wide) for the other formats.
+    Each format is read so that the file cannot run code (:mod:`mobilenets.io.safety`);
+    TorchScript is a program and loads only with ``trust_code=True``.
     """
     path = Path(path)
     if not path.is_file():
-        raise MobilenetsError(f"artifact not found: {path}")
+        raise MobilenetsError(f"artifact not found: {path}" if not path.exists()
+                              else f"{path} is not a regular file")
     if path.suffix not in EXTENSIONS.values():
         raise MobilenetsError(f"{path} is not a checkpoint or an exported model (.safetensors, "
                               f"{', '.join(sorted(set(EXTENSIONS.values())))})")
-    if path.suffix == ".onnx":
-        session = onnx_session(path, threads)
-        meta_json = session.get_modelmeta().custom_metadata_map.get(META_KEY)
-        if meta_json is None:
-            raise MobilenetsError(f"{path} was not exported by mobilenets (no preprocessing "
-                                  "metadata); export it with `mobilenets export`")
-        name = session.get_inputs()[0].name
-        return Artifact(path, "onnx", _artifact_meta(meta_json, path),
-                        _guarded(path, lambda x: session.run(None, {name: x})[0]))
+    with quiet_loading(path):
+        if path.suffix == ".onnx":
+            return _load_onnx(path, threads)
+        if path.suffix == ".pt" and not trust_code:
+            refuse_torchscript(path)
+        return _load_torch(path, threads)
+
+
+def _load_onnx(path: Path, threads: int | None) -> Artifact:
+    check_onnx_external_data(path)
+    session = onnx_session(path, threads)
+    meta_json = session.get_modelmeta().custom_metadata_map.get(META_KEY)
+    if meta_json is None:
+        raise MobilenetsError(f"{path} was not exported by mobilenets (no preprocessing "
+                              "metadata); export it with `mobilenets export`")
+    name = session.get_inputs()[0].name
+    return Artifact(path, "onnx", _artifact_meta(meta_json, path),
+                    _guarded(path, lambda x: session.run(None, {name: x})[0]))
+
+
+def _read_sidecar(path: Path) -> dict[str, Any]:
+    """The sidecar's metadata, checked to describe this very file and a known format. The
+    hash proves only that the two files travelled together, not who wrote them."""
     side = sidecar_path(path)
     if not side.is_file():
         raise MobilenetsError(f"{side} not found: TorchScript and .pt2 artifacts keep their "
@@ -145,17 +165,29 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None) -> Artifa
     if isinstance(digest, str) and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
         raise MobilenetsError(f"{side} describes another model file than {path} (SHA-256 differs): the "
                               "model was replaced without its sidecar; export it again")
-    fmt = meta.get("format")
-    if fmt not in ("torchscript", "pt2"):
-        raise MobilenetsError(f"{side}: unknown artifact format {fmt!r}")
+    expected = "torchscript" if path.suffix == ".pt" else "pt2"
+    if meta.get("format") != expected:
+        raise MobilenetsError(f"{side}: format {meta.get('format')!r} does not match {path.name} "
+                              f"(a {expected} file)")
+    return meta
+
+
+def _load_torch(path: Path, threads: int | None) -> Artifact:
+    """A TorchScript (trusted by the caller) or ``.pt2`` artifact, on PyTorch."""
+    meta = _read_sidecar(path)
+    fmt = meta["format"]
+    if fmt == "pt2":
+        check_pt2_members(path)
     try:
         if fmt == "torchscript":
             with torchscript_quietly():
                 module = torch.jit.load(str(path), map_location="cpu")
         else:
-            module = torch.export.load(str(path)).module()
+            with weights_only_loads():
+                module = torch.export.load(str(path)).module()
     except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways (BadZipFile, ...)
-        raise MobilenetsError(f"{path} is not a loadable {fmt} file: {type(e).__name__}: {e}") from e
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise MobilenetsError(f"{path} is not a loadable {fmt} file: {type(e).__name__}: {first}") from e
     if threads:
         torch.set_num_threads(threads)
 
