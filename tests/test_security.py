@@ -202,7 +202,15 @@ def test_torchscript_needs_trust_code(made, capfd) -> None:
 
 
 def test_torch_logger_output_is_shown_only_with_verbose(made, tmp_path: Path, capfd) -> None:
-    evil = crafted("pt2-sample-inputs", made, tmp_path, tmp_path / "PWNED")
+    """A program from a future schema (not a payload): torch logs a warning and a traceback."""
+    def future(name: str, data: bytes) -> bytes:
+        if not name.endswith("models/model.json"):
+            return data
+        program = json.loads(data)
+        program["schema_version"]["major"] += 100
+        return json.dumps(program).encode()
+    evil = rezip(made["pt2"], tmp_path / "e.pt2", future)
+    reseal(evil, made["pt2"])
     one_error(capfd, ["predict", str(evil), str(made["image"])])
     assert main(["--verbose", "predict", str(evil), str(made["image"])]) == 2
     assert "while loading" in capfd.readouterr().err

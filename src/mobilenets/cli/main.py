@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from ..errors import MobilenetsError
@@ -59,6 +61,24 @@ def _run(handler: Handler, args: argparse.Namespace) -> int:
         return int(handler(args) or 0)
 
 
+@contextlib.contextmanager
+def _library_logs(verbose: bool) -> Iterator[None]:
+    """``--verbose``: what the loaders captured from torch's loggers
+    (:func:`mobilenets.io.safety.quiet_loading`) goes to stderr, for this command only."""
+    if not verbose:
+        yield
+        return
+    logger = logging.getLogger("mobilenets")
+    handler, level = logging.StreamHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status: 0 done, 2 a user error, 130 interrupted."""
     parser = build_parser()
@@ -69,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return _run(COMMANDS[args.command], args)
+        with _library_logs(args.verbose):
+            return _run(COMMANDS[args.command], args)
     except MobilenetsError as e:
         if args.debug:
             traceback.print_exc()

@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mobilenets",
         description="MobileNet V1/V2/V3: build, profile, convert, train, evaluate, predict.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show what third-party libraries log (torch's loading warnings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_model_commands(sub)
     _add_train(sub)
@@ -127,6 +129,8 @@ def _add_eval(sub: _Commands) -> None:
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory, or an exported "
                                       ".onnx/.pt/.pt2 file (int8 included)")
+    p.add_argument("--trust-code", action="store_true",
+                   help="load a TorchScript .pt file, which is a program: only one you trust")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--batch-size", type=int, default=512)
@@ -148,6 +152,8 @@ def _add_predict(sub: _Commands) -> None:
     p = sub.add_parser("predict", help="classify images with a checkpoint or an exported model")
     p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory (its best "
                                       "checkpoint) or an exported .onnx/.pt/.pt2 file")
+    p.add_argument("--trust-code", action="store_true",
+                   help="load a TorchScript .pt file, which is a program: only one you trust")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="auto: onnxruntime for .onnx files, PyTorch otherwise")
     p.add_argument("images", nargs="+")

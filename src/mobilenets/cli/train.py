@@ -106,7 +106,7 @@ def _load_scored_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, A
         if args.precision != "fp32":
             raise MobilenetsError(f"--precision {args.precision} applies to checkpoints; an exported "
                                   "file is scored as it was exported")
-        artifact = load_artifact(args.checkpoint)
+        artifact = load_artifact(args.checkpoint, trust_code=args.trust_code)
         return artifact.as_module(), artifact.meta, "int8" if artifact.meta.get("int8") else "fp32"
     model, meta = load_model(args.checkpoint)
     return model, meta, args.precision
@@ -243,7 +243,7 @@ def run_predict(args: argparse.Namespace) -> int:
         model, meta = load_model(args.checkpoint)
         preds = predict_files(model, meta, args.images, args.top_k)
     else:
-        artifact = load_artifact(args.checkpoint)
+        artifact = load_artifact(args.checkpoint, trust_code=args.trust_code)
         preds = predict_with(artifact.as_module(), artifact.meta, args.images, args.top_k)
     if args.json:
         print(json.dumps([p.as_dict() for p in preds]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -185,6 +186,9 @@ def _load_torch(path: Path, threads: int | None) -> Artifact:
         else:
             with weights_only_loads():
                 module = torch.export.load(str(path)).module()
+    except pickle.UnpicklingError as e:  # weights_only refused a pickle: say so, not torch's advice
+        raise MobilenetsError(f"{path} holds a member that is not plain tensors (damaged, or a "
+                              "pickle that could run code); refusing to load it") from e
     except Exception as e:  # noqa: BLE001 - truncated or foreign files fail in many ways (BadZipFile, ...)
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise MobilenetsError(f"{path} is not a loadable {fmt} file: {type(e).__name__}: {first}") from e
