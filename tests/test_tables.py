@@ -7,6 +7,8 @@ import pytest
 import mobilenets
 from mobilenets import make_divisible
 from mobilenets.analysis.profile import profile
+from mobilenets.io import convert
+from reference import all_fixtures, fixture_tensors, load_fixture
 
 
 def params(name, **kw):
@@ -101,6 +103,38 @@ def test_v3_madds_table_9(name, width, res, published, exact):
         assert _published_agrees(computed, published)
     else:
         assert abs(computed - published) < 1.0
+
+
+# timm's port of TF-slim's checkpoint, `tf_mobilenetv3_large_minimal_100`: 3.92 M params
+# (SPEC §4.2); TF-slim and Keras print 209 M MACs and 3.9 M (SPEC §3.8-§3.9). timm's own
+# benchmark GMACs (0.22) count more than convolutions and linear layers: it gives 0.23 for
+# the V3-Large whose paper count is 216.6 M.
+V3_LARGE_MINIMAL_PARAMS = 3_924_288
+V3_LARGE_MINIMAL_MADDS = 209_136_704
+
+
+def test_v3_large_minimal_params_and_madds_pinned():
+    prof = profile(mobilenets.create_model("mobilenet_v3_large_minimal"), 224)
+    assert (prof.params, prof.madds) == (V3_LARGE_MINIMAL_PARAMS, V3_LARGE_MINIMAL_MADDS)
+    assert round(prof.params / 1e6, 2) == 3.92 and round(prof.madds / 1e6) == 209
+    # timm's name builds it with TF padding and BatchNorm epsilon: neither changes a count.
+    name, kw = convert.resolve_name("timm", "tf_mobilenetv3_large_minimal_100", {})
+    tf = profile(mobilenets.create_model(name, **kw), 224)
+    assert (tf.params, tf.madds) == (V3_LARGE_MINIMAL_PARAMS, V3_LARGE_MINIMAL_MADDS)
+
+
+def test_v3_large_minimal_count_from_timms_own_tensors():
+    """timm's minimal V3-Large is its V3-Large without the squeeze-excite tensors and with
+    3×3 depthwise kernels for the 5×5 ones (the slim definition). Derived from the timm
+    V3-Large fixture's tensor list, timm's layout converts into our minimal model and counts
+    the pinned parameters (the fixture has 10 classes; the 1000-class head adds 990 × 1281)."""
+    fx = load_fixture(next(p for p in all_fixtures() if p.name.startswith("timm__mobilenetv3_large_100")))
+    kept = [[name, shape[:2] + [3, 3] if shape[2:] == [5, 5] else shape, lo, hi]
+            for name, shape, lo, hi in fx["tensors"] if ".se." not in name]
+    model = convert.from_timm(fixture_tensors({"tensors": kept}), "tf_mobilenetv3_large_minimal_100")
+    params = sum(p.numel() for p in model.parameters())
+    assert model.model_name == "mobilenet_v3_large_minimal" and model.num_classes == 10
+    assert params + 990 * 1281 == V3_LARGE_MINIMAL_PARAMS
 
 
 def test_v3_width_conventions_differ_as_documented():

@@ -10,6 +10,7 @@ residual connections).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -71,12 +72,82 @@ class Profile:
         return "\n".join(lines)
 
 
-def _size(x) -> int:
+def _size(x: object) -> int:
     if isinstance(x, torch.Tensor):
         return x.numel()
     if isinstance(x, (list, tuple)):
         return sum(_size(t) for t in x)
     return 0
+
+
+def _row_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules that get a row of the table: the outermost of :data:`_ROW_TYPES`, so a
+    ConvNormAct is one row and its inner conv is not another."""
+    rows: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        if name and isinstance(m, _ROW_TYPES) and not any(name.startswith(r + ".") for r in rows):
+            rows[name] = m
+    return rows
+
+
+class _ActivationRecorder:
+    """Forward hooks that record each row's output shape, the largest single output, and
+    the peak of inputs + outputs over the leaf operations (V2 §5.1, eq. 2)."""
+
+    def __init__(self, model: nn.Module, rows: dict[str, nn.Module], input_shape: tuple[int, ...]) -> None:
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        n_in = math.prod(input_shape)
+        self.largest: tuple[str, tuple[int, ...], int] = ("input", input_shape, n_in)
+        self.peak: tuple[int, str] = (0, "")
+        self.handles = []
+        for name, m in model.named_modules():
+            if name in rows:
+                self.handles.append(m.register_forward_hook(self._row_hook(name)))
+            if name and not list(m.children()):
+                self.handles.append(m.register_forward_hook(self._leaf_hook(name)))
+
+    def _row_hook(self, name: str):
+        def fn(_m: nn.Module, _inp: object, out: torch.Tensor) -> None:
+            self.shapes[name] = tuple(out.shape)
+        return fn
+
+    def _leaf_hook(self, name: str):
+        def fn(_m: nn.Module, inp: object, out: object) -> None:
+            n_out = _size(out)
+            if n_out > self.largest[2]:
+                self.largest = (name, tuple(out.shape), n_out)
+            total = _size(inp) + n_out
+            if total > self.peak[0]:
+                self.peak = (total, name)
+        return fn
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _count_flops(model: nn.Module, in_chans: int, h: int, w: int) -> dict[str, dict]:
+    """Run ``model`` once in eval mode on zeros under ``FlopCounterMode``; returns the
+    counter's FLOPs per module path. A network that cannot run at this size becomes one
+    :class:`MobilenetsError` saying what to change."""
+    if min(h, w) < 1:
+        raise MobilenetsError(f"resolution must be >= 1 px, got {h}x{w}")
+    was_training = model.training
+    model.eval()
+    # The input takes the weights' dtype and device (a bf16 model, a skeleton on "meta").
+    weight = next((p for p in model.parameters() if p.is_floating_point()), None)
+    like = dict(dtype=weight.dtype, device=weight.device) if weight is not None else {}
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.zeros(1, in_chans, h, w, **like))
+    except RuntimeError as e:  # e.g. a map smaller than a kernel after the strided layers
+        name = getattr(model, "model_name", type(model).__name__)
+        hint = "use a larger resolution" if min(h, w) < 64 else "too large for this machine"
+        raise MobilenetsError(f"cannot run {name} on {in_chans}x{h}x{w} inputs "
+                              f"({str(e).splitlines()[0]}); {hint}") from e
+    finally:
+        model.train(was_training)
+    return counter.get_flop_counts()
 
 
 def profile(model: nn.Module, input_size: int | tuple[int, int] = 224,
@@ -88,73 +159,24 @@ def profile(model: nn.Module, input_size: int | tuple[int, int] = 224,
     """
     h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     if in_chans is None:
-        first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-        in_chans = first.in_channels
-    root = type(model).__name__
-
-    rows: dict[str, nn.Module] = {}
-    for name, m in model.named_modules():
-        if name and isinstance(m, _ROW_TYPES) and not any(name.startswith(r + ".") for r in rows):
-            rows[name] = m
-
-    shapes: dict[str, tuple[int, ...]] = {}
-    largest: list = ["input", (1, in_chans, h, w), in_chans * h * w]
-    peak: list = [0, ""]
-    hooks = []
-
-    def row_hook(name: str):
-        def fn(_m, _inp, out):
-            shapes[name] = tuple(out.shape)
-        return fn
-
-    def leaf_hook(name: str):
-        def fn(_m, inp, out):
-            n_out = _size(out)
-            if n_out > largest[2]:
-                largest[:] = [name, tuple(out.shape), n_out]
-            total = _size(inp) + n_out
-            if total > peak[0]:
-                peak[:] = [total, name]
-        return fn
-
-    for name, m in model.named_modules():
-        if name in rows:
-            hooks.append(m.register_forward_hook(row_hook(name)))
-        if name and not list(m.children()):
-            hooks.append(m.register_forward_hook(leaf_hook(name)))
-    was_training = model.training
-    model.eval()
+        in_chans = next(m for m in model.modules() if isinstance(m, nn.Conv2d)).in_channels
+    rows = _row_modules(model)
+    recorder = _ActivationRecorder(model, rows, (1, in_chans, h, w))
     try:
-        if min(h, w) < 1:
-            raise MobilenetsError(f"resolution must be >= 1 px, got {h}x{w}")
-        # The input takes the weights' dtype and device (a bf16 model, a skeleton on "meta").
-        weight = next((p for p in model.parameters() if p.is_floating_point()), None)
-        like = dict(dtype=weight.dtype, device=weight.device) if weight is not None else {}
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(1, in_chans, h, w, **like))
-    except RuntimeError as e:  # e.g. a map smaller than a kernel after the strided layers
-        raise MobilenetsError(f"cannot run {getattr(model, 'model_name', root)} on {in_chans}x{h}x{w} "
-                              f"inputs ({str(e).splitlines()[0]}); "
-                              f"{'use a larger resolution' if min(h, w) < 64 else 'too large for this machine'}") from e
+        counts = _count_flops(model, in_chans, h, w)
     finally:
-        for hk in hooks:
-            hk.remove()
-        model.train(was_training)
-
-    counts = counter.get_flop_counts()
-    layers = []
-    for name, m in rows.items():
-        if name not in shapes:
-            continue
-        madds = sum(counts.get(f"{root}.{name}", {}).values()) // 2
-        layers.append(LayerStats(name, type(m).__name__, shapes[name],
-                                 sum(p.numel() for p in m.parameters()), madds))
+        recorder.remove()
+    root = type(model).__name__
+    layers = [LayerStats(name, type(m).__name__, recorder.shapes[name],
+                         sum(p.numel() for p in m.parameters()),
+                         sum(counts.get(f"{root}.{name}", {}).values()) // 2)  # FLOPs = 2 MAdds
+              for name, m in rows.items() if name in recorder.shapes]
     return Profile(
         input_size=(in_chans, h, w),
         params=sum(p.numel() for p in model.parameters()),
         madds=sum(counts.get("Global", {}).values()) // 2,
-        largest_activation=(largest[0], largest[1], largest[2]),
-        peak_activation_elements=peak[0],
-        peak_activation_layer=peak[1],
+        largest_activation=recorder.largest,
+        peak_activation_elements=recorder.peak[0],
+        peak_activation_layer=recorder.peak[1],
         layers=layers,
     )
