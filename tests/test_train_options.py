@@ -158,7 +158,7 @@ def test_nproc_per_node_checks_the_options_once_before_launching(idx_dir: Path, 
 
 
 def test_out_of_memory_while_running_an_artifact_is_named_as_such(tmp_path: Path) -> None:
-    from mobilenets.deploy.export import _guarded
+    from mobilenets.io.artifact import _guarded
 
     def oom(_x):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")

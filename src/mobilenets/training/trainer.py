@@ -62,7 +62,7 @@ class TrainResult:
 
 
 class Trainer:
-    """Trains one model on one dataset, writing the run directory described above."""
+    """Trains one model on one dataset, writing the run directory (:mod:`.rundir`)."""
 
     def __init__(self, config: TrainConfig, rank: int = 0, world_size: int = 1) -> None:
         self.rank, self.world_size = rank, world_size
@@ -250,8 +250,9 @@ class Trainer:
 
     def _restore_progress(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
         self.epoch, self.step_in_epoch = int(state["epoch"]), int(state["step_in_epoch"])
-        # The schedule continues at the checkpoint's step (see make_scheduler): the saved
-        # scheduler's counter, unless --max-steps given again changed the steps per epoch.
+        # The schedule goes on from the checkpoint's global step (the saved scheduler state's
+        # last_epoch, or the step these steps per epoch give where --max-steps changed them),
+        # its rate recomputed under this run's --epochs (see make_scheduler).
         self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps_per_epoch,
                                         start=self.epoch * self.steps_per_epoch + self.step_in_epoch)
         # The run's normalization, not one recomputed from the data: an --init run keeps
