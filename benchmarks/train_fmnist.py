@@ -30,7 +30,7 @@ from mobilenets.deploy.bench import machine_info
 from mobilenets.io.checkpoint import load_model
 from mobilenets.data.datasets import load_dataset
 from mobilenets.analysis.profile import profile
-from mobilenets.training.trainer import TrainConfig, evaluate, train
+from mobilenets.training import TrainConfig, evaluate, train
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -20,7 +20,7 @@ from mobilenets.io.checkpoint import load_model, read_checkpoint
 from mobilenets.cli.main import main
 from mobilenets.data.datasets import TensorImages
 from mobilenets.deploy.predict import predict_files
-from mobilenets.training.trainer import TrainConfig, Trainer, evaluate, train
+from mobilenets.training import TrainConfig, Trainer, evaluate, train
 
 TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16,
             lr=0.05, warmup=0.0, precision="fp32", progress=False, erasing=0.25)
@@ -180,9 +180,23 @@ def test_evaluate_known_answers():
     res = evaluate(_Oracle(), ds, {"mean": [0.5], "std": [0.5]}, channels_last=False, batch_size=3)
     # Predictions: bright -> 1 for images 0..5, dark -> 0 for 6..9.
     assert res.confusion == [[4, 2], [0, 4]]
-    assert res.top1 == pytest.approx(0.8) and res.top5 == 1.0
+    assert res.top1 == pytest.approx(0.8)  # (top-5 of 2 classes is always 1: tested below)
     assert res.per_class == pytest.approx([4 / 6, 1.0])
     assert res.count == 10
+
+
+class _Ranked(torch.nn.Module):
+    """The same logits for every image: class 0 first, class 6 last."""
+
+    def forward(self, x):
+        return torch.arange(7, 0, -1, dtype=torch.float32).expand(len(x), 7)
+
+
+def test_evaluate_top5_counts_only_the_five_best_classes():
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 6, 0, 5])  # 6 of 10 within classes 0..4
+    ds = TensorImages(torch.zeros(10, 1, 4, 4, dtype=torch.uint8), labels, [str(c) for c in range(7)])
+    res = evaluate(_Ranked(), ds, {"mean": [0.5], "std": [0.5]}, channels_last=False, batch_size=3)
+    assert res.top1 == pytest.approx(0.2) and res.top5 == pytest.approx(0.6)
 
 
 class _LeftRight(torch.nn.Module):
@@ -408,9 +422,7 @@ def test_compiled_training_steps_like_the_eager_one(idx_dir, tmp_path, monkeypat
 
 
 def test_compile_without_a_cpp_compiler_is_a_clear_error(idx_dir, tmp_path, monkeypatch, capsys):
-    import mobilenets.training.trainer as train_module
-
-    monkeypatch.setattr(train_module.shutil, "which", lambda name: None)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     monkeypatch.delenv("CXX", raising=False)
     assert main(["train", "--data", str(idx_dir), "--compile", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
@@ -478,3 +490,25 @@ def test_cpu_trainer_keeps_freed_memory_unless_told_not_to(idx_dir, tmp_path, mo
             "--width-mult", "0.25", "--batch-size", "16"] + ([] if reuse else ["--no-reuse-memory"])
     assert main(args) == 0
     assert len(calls) == (2 if reuse else 0)
+
+
+@pytest.mark.parametrize("recipe, model", [("v2-paper", "mobilenet_v2"), ("v3-paper", "mobilenet_v3_small")])
+def test_paper_recipes_train_with_their_own_settings(recipe, model, idx_dir, tmp_path):
+    """The papers' recipes run (2 epochs of 2 steps on tiny data, the batch made small) with
+    their optimizer, step decay, warm-up, label smoothing and EMA as RECIPES states them."""
+    from mobilenets.training import RECIPES, lr_factor
+
+    cfg = TrainConfig(model=model, model_kwargs={"width_mult": 0.25}, data=str(idx_dir), out=str(tmp_path / "r"),
+                      recipe=recipe, epochs=2, max_steps=2, batch_size=16, precision="fp32", progress=False)
+    trainer = Trainer(cfg)
+    want = RECIPES[recipe]
+    assert isinstance(trainer.optimizer, torch.optim.RMSprop) and trainer.cfg.lr == want["lr"]
+    assert (trainer.cfg.schedule, trainer.cfg.gamma, trainer.cfg.warmup) == ("step", want["gamma"], want["warmup"])
+    assert trainer.cfg.label_smoothing == want["label_smoothing"] and (trainer.ema is not None) == bool(want["ema"])
+    result = trainer.fit()
+    assert [h["epoch"] for h in result.history] == [1, 2]
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in result.history)
+    # The rate of each epoch's last step: v2 decays ×0.98 after epoch 1; v3 is still warming up.
+    assert [h["lr"] for h in result.history] == [want["lr"] * lr_factor(trainer.cfg, s, 2) for s in (1, 3)]
+    assert result.history[1]["lr"] == pytest.approx(want["lr"] * (0.98 if recipe == "v2-paper" else 0.4))
+    assert ("ema_val_acc" in result.history[0]) == (recipe == "v3-paper")

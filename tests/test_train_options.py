@@ -18,7 +18,7 @@ from datagen import make_idx_dir
 from mobilenets import MobilenetsError
 from mobilenets.io.checkpoint import load_model, read_checkpoint
 from mobilenets.cli.main import build_parser, main
-from mobilenets.training.trainer import METRIC_COLUMNS, TrainConfig, Trainer, evaluate, lr_factor, train
+from mobilenets.training import METRIC_COLUMNS, TrainConfig, Trainer, evaluate, lr_factor, train
 from mobilenets.cli.train import _config_from_args
 
 TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16, lr=0.05,
@@ -158,7 +158,7 @@ def test_nproc_per_node_checks_the_options_once_before_launching(idx_dir: Path, 
 
 
 def test_out_of_memory_while_running_an_artifact_is_named_as_such(tmp_path: Path) -> None:
-    from mobilenets.deploy.export import _guarded
+    from mobilenets.io.artifact import _guarded
 
     def oom(_x):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
@@ -262,7 +262,7 @@ def test_warnings_for_a_reused_run_directory_and_an_init_holdout(idx_dir: Path, 
 
 def test_time_precisions_times_both_and_leaves_the_model_and_random_streams_alone() -> None:
     from mobilenets import create_model
-    from mobilenets.training.trainer import time_precisions
+    from mobilenets.training.precision import time_precisions
 
     torch.manual_seed(0)
     model = create_model("mobilenet_v3_small", num_classes=4, in_chans=1, small_input=True, width_mult=0.25)
@@ -282,11 +282,11 @@ def test_time_precisions_times_both_and_leaves_the_model_and_random_streams_alon
                                            ({"fp32": 1.0, "bf16": 1.3}, "fp32")])
 def test_auto_precision_on_a_bf16_cpu_trains_in_the_faster_one(idx_dir: Path, tmp_path: Path, monkeypatch,
                                                                  capsys, times, chosen) -> None:
-    import mobilenets.training.trainer as train_module
+    import mobilenets.training.precision as precision_module
 
     trials = []
-    monkeypatch.setattr(train_module, "bf16_supported", lambda: True)
-    monkeypatch.setattr(train_module, "time_precisions",
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda: True)
+    monkeypatch.setattr(precision_module, "time_precisions",
                         lambda model, shape, *a: trials.append(shape) or dict(times))
     trainer = Trainer(_cfg(idx_dir, tmp_path / "r", precision="auto", epochs=1, max_steps=1))
     assert trials == [(16, 1, 28, 28)]  # the micro-batch at the data's size
@@ -302,10 +302,10 @@ def test_auto_precision_on_a_bf16_cpu_trains_in_the_faster_one(idx_dir: Path, tm
 @pytest.mark.parametrize("precision, bf16_cpu", [("fp32", True), ("bf16", True), ("auto", False)])
 def test_precision_is_timed_only_when_auto_has_a_choice(idx_dir: Path, tmp_path: Path, monkeypatch,
                                                         precision, bf16_cpu) -> None:
-    import mobilenets.training.trainer as train_module
+    import mobilenets.training.precision as precision_module
 
-    monkeypatch.setattr(train_module, "bf16_supported", lambda: bf16_cpu)
-    monkeypatch.setattr(train_module, "time_precisions", lambda *a: pytest.fail("timed without a choice"))
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda: bf16_cpu)
+    monkeypatch.setattr(precision_module, "time_precisions", lambda *a: pytest.fail("timed without a choice"))
     trainer = Trainer(_cfg(idx_dir, tmp_path / "r", precision=precision))
     assert trainer.precision == ("fp32" if precision == "auto" else precision)
     assert trainer.precision_trial is None
@@ -315,11 +315,11 @@ def test_a_finished_run_resumed_times_nothing_and_keeps_its_record(idx_dir: Path
                                                                       monkeypatch) -> None:
     """Resuming a run that has trained all its epochs trains nothing: no precision trial
     (seconds to tens of seconds), and config.json keeps what the run trained in."""
-    import mobilenets.training.trainer as train_module
+    import mobilenets.training.precision as precision_module
 
     trials = []
-    monkeypatch.setattr(train_module, "bf16_supported", lambda: True)
-    monkeypatch.setattr(train_module, "time_precisions",
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda: True)
+    monkeypatch.setattr(precision_module, "time_precisions",
                         lambda *a: trials.append(1) or {"fp32": 1.0, "bf16": 1.2})
     run = tmp_path / "r"
     Trainer(_cfg(idx_dir, run, precision="auto", epochs=1, max_steps=1)).fit()
@@ -339,7 +339,7 @@ def test_every_process_trains_in_the_first_processes_precision(idx_dir: Path, tm
     one, so all take the first process's choice."""
     import torch.distributed as dist
 
-    import mobilenets.training.trainer as train_module
+    import mobilenets.training.precision as precision_module
 
     sent = []
 
@@ -347,8 +347,8 @@ def test_every_process_trains_in_the_first_processes_precision(idx_dir: Path, tm
         sent.append((list(objects), src))
         objects[0] = "fp32"  # what the first process chose
 
-    monkeypatch.setattr(train_module, "bf16_supported", lambda: True)
-    monkeypatch.setattr(train_module, "time_precisions", lambda *a: {"fp32": 1.0, "bf16": 0.5})
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda: True)
+    monkeypatch.setattr(precision_module, "time_precisions", lambda *a: {"fp32": 1.0, "bf16": 0.5})
     monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:
