@@ -55,7 +55,7 @@ def child(model: str, mode: str, steps: int, threads: int, batch: int, bf16: boo
     torch.set_num_threads(threads)
     if mode == "trial":
         import mobilenets
-        from mobilenets.training.trainer import faster_precision, time_precisions
+        from mobilenets.training import faster_precision, time_precisions
 
         net = mobilenets.create_model(model, num_classes=10, in_chans=1, small_input=True)
         times = time_precisions(net.train().to(memory_format=torch.channels_last), (batch, 1, 28, 28), 10, True)

@@ -34,7 +34,7 @@ from mobilenets.deploy import export as deploy
 from mobilenets.deploy.bench import machine_info
 from mobilenets.training.qat import weight_qmax
 from mobilenets.io.checkpoint import load_model
-from mobilenets.training.trainer import TrainConfig, train
+from mobilenets.training import TrainConfig, train
 
 
 def accuracies(checkpoint: str, data: str, calibration_size: int, threads: int,

@@ -20,7 +20,7 @@ from mobilenets.training import qat
 from mobilenets.ops.cpu import reduce_range_default
 from mobilenets.training.qat import (ActivationQuant, QuantConvNormAct, calibrate, fake_quant_weight, is_qat, prepare_qat,
                             weight_qmax)
-from mobilenets.training.trainer import TrainConfig, train
+from mobilenets.training import TrainConfig, train
 
 pytest.importorskip("onnxruntime")
 
@@ -207,7 +207,7 @@ def test_qat_cli(float_run, tmp_path, capsys):
 
 
 def test_init_starts_from_the_checkpoint(float_run, tmp_path):
-    from mobilenets.training.trainer import Trainer
+    from mobilenets.training import Trainer
 
     data, init = float_run
     model, meta = load_model(init)

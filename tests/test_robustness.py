@@ -31,7 +31,7 @@ from mobilenets import MobilenetsError
 from mobilenets.io.checkpoint import atomic_write_bytes, load_model, read_checkpoint
 from mobilenets.cli.main import main
 from mobilenets.data.datasets import ImageFolder, TensorImages, load_dataset
-from mobilenets.training.trainer import TrainConfig, Trainer, TrainingInterrupted, train
+from mobilenets.training import TrainConfig, Trainer, TrainingInterrupted, train
 
 TINY = dict(model="mobilenet_v3_small", model_kwargs={"width_mult": 0.25}, batch_size=16, lr=0.05,
             warmup=0.0, precision="fp32", progress=False, erasing=0.25)
@@ -476,7 +476,7 @@ def test_unwritable_output_directories(idx_dir: Path, run_dir: Path, tmp_path: P
                               "--out", str(blocker / "ev")])
     assert "cannot write to" in line and "writable output directory" in line
     with pytest.raises(MobilenetsError, match="not writable"):
-        from mobilenets.training.trainer import _check_writable
+        from mobilenets.training.rundir import check_writable as _check_writable
 
         class ReadOnly(type(tmp_path)):
             def write_bytes(self, data):  # what a read-only mount answers
@@ -787,7 +787,7 @@ def test_val_fraction_splits_a_folder_once_and_eval_scores_the_same_held_out_ima
     assert meta["holdout"] == {"seed": 3, "val_fraction": 0.5}
     assert main(["eval", str(tmp_path / "r"), "--data", str(root), "--split", "val", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    from mobilenets.training.trainer import evaluate
+    from mobilenets.training import evaluate
 
     model, meta = load_model(tmp_path / "r" / "best.safetensors")
     same = evaluate(model, trainer.val_set, meta["preprocessing"])  # the images training held out

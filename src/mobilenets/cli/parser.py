@@ -11,7 +11,7 @@ import argparse
 from ..analysis.paper import TOPICS
 from ..deploy.bench import BACKENDS, DEFAULT_BACKENDS
 from ..deploy.export import FORMATS
-from ..training.trainer import RECIPES
+from ..training.recipes import RECIPES
 from .options import add_model_options, add_reuse_memory_option
 
 #: The demo's schedule: 6-10 minutes on 2 CPU cores for ~91% test top-1 (README: Results).

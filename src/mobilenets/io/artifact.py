@@ -87,7 +87,7 @@ class Artifact:
 
     def as_module(self) -> nn.Module:
         """The artifact as a module from preprocessed batches to logits, so that the engine
-        that measures checkpoints (:func:`mobilenets.training.trainer.evaluate`) measures exports too."""
+        that measures checkpoints (:func:`mobilenets.training.evaluate`) measures exports too."""
         return _ArtifactModule(self)
 
 

@@ -40,12 +40,6 @@ from .rundir import prepare_run_dir, write_config, write_metrics
 from .signals import Abort, TrainingInterrupted, interrupt_guard, stopped
 from .state import (corrupt_state_is_an_error, epochs_done, pack_state, restore_ema, restore_optimizer,
                     saved_ranges)
-# Importable from this module, as before training/ was split (mobilenets.train users, tests).
-from .config import preflight  # noqa: F401
-from .optim import lr_factor  # noqa: F401
-from .precision import faster_precision, time_precisions  # noqa: F401
-from .recipes import RECIPES  # noqa: F401
-from .rundir import METRIC_COLUMNS, check_writable as _check_writable  # noqa: F401
 
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]
 

@@ -24,9 +24,9 @@ def ablation(out: str | Path, *, data: str = "fashion-mnist", epochs: int = 1, s
 
     A short schedule on Fashion-MNIST shows the direction of the effect, not ImageNet's
     size of it; both runs see the same data order and initialisation seed. The training
-    recipe is :mod:`mobilenets.training.trainer`'s default; ``batch_size``/``workers`` pass through.
+    recipe is :mod:`mobilenets.training`'s default; ``batch_size``/``workers`` pass through.
     """
-    from ...training.trainer import TrainConfig, train
+    from ...training import TrainConfig, train
 
     rows = []
     for variant, act in (("linear", None), ("relu6", "RE6")):
