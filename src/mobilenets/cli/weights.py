@@ -14,7 +14,7 @@ from ..errors import MobilenetsError, did_you_mean
 from ..io.download import cache_path
 from ..io.weights import (default_weights, entry_options, entry_preprocessing, find_weights,
                           imagenet_wnids, list_weights, pretrained_model)
-from ..io.weights_table import SKIPPED, WEIGHTS, WeightsEntry
+from ..io.weights_table import SKIPPED, WeightsEntry
 from ..models.registry import create_model, list_models
 
 
@@ -98,9 +98,9 @@ def resolve_cli_spec(spec: str) -> tuple[str, str | bool]:
     """``--pretrained`` names a full tag, or one of our models (its default weights)."""
     if spec in list_models():
         return spec, True
-    if any(w.tag == spec for w in WEIGHTS):
+    if any(w.tag == spec for w in list_weights()):
         return find_weights(spec).model, spec
-    names = [w.tag for w in WEIGHTS] + list_models()
+    names = [w.tag for w in list_weights()] + list_models()
     raise MobilenetsError(f"--pretrained {spec!r} is neither a weights tag nor a model"
                           f"{did_you_mean(spec, names)}; `mobilenets weights` lists the tags")
 

@@ -58,10 +58,10 @@ def list_weights(model: str | None = None) -> list[WeightsEntry]:
 
 def find_weights(tag: str) -> WeightsEntry:
     """The row with this full tag (``timm.mobilenetv2_140.ra_in1k``)."""
-    for w in WEIGHTS:
+    for w in list_weights():
         if w.tag == tag:
             return w
-    raise MobilenetsError(f"unknown weights tag {tag!r}{did_you_mean(tag, [w.tag for w in WEIGHTS])}; "
+    raise MobilenetsError(f"unknown weights tag {tag!r}{did_you_mean(tag, [w.tag for w in list_weights()])}; "
                           "`mobilenets weights` lists them")
 
 
@@ -85,7 +85,7 @@ def default_weights(model: str, width_mult: float = 1.0) -> WeightsEntry:
 
 def default_tags() -> dict[str, WeightsEntry]:
     """Each model's default checkpoint at width 1.0 (the README's model table)."""
-    return {m: default_weights(m) for m in sorted({w.model for w in WEIGHTS})}
+    return {m: default_weights(m) for m in sorted({w.model for w in list_weights()})}
 
 
 def resolve_tag(model: str, spec: str, width_mult: float | None) -> WeightsEntry:
@@ -93,7 +93,7 @@ def resolve_tag(model: str, spec: str, width_mult: float | None) -> WeightsEntry
     (else width 1.0, else the only width that has it)."""
     rows = [w for w in list_weights(model) if spec in (w.tag, w.short)]
     if not rows:
-        other = next((w for w in WEIGHTS if w.tag == spec), None)
+        other = next((w for w in list_weights() if w.tag == spec), None)
         if other:
             raise MobilenetsError(f"weights {spec} are for {other.model}, not {model}")
         tags = [w.short for w in list_weights(model)] + [w.tag for w in list_weights(model)]
@@ -102,8 +102,9 @@ def resolve_tag(model: str, spec: str, width_mult: float | None) -> WeightsEntry
     if width_mult is not None:
         exact = [w for w in rows if w.width_mult == width_mult]
         if not exact:
-            raise MobilenetsError(f"weights {spec} for {model} have width_mult "
-                                  f"{', '.join(str(w.width_mult) for w in rows)}; you gave width_mult={width_mult}")
+            raise MobilenetsError(f"weights {spec} for {model} have width_mult="
+                                  f"{' or '.join(str(w.width_mult) for w in rows)}, but you gave "
+                                  f"width_mult={width_mult}")
         rows = exact
     if len(rows) > 1:
         rows = [w for w in rows if w.width_mult == 1.0] or rows
