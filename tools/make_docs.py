@@ -25,19 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ("README.md", "docs/training.md", "docs/deployment.md", "docs/performance.md")
 MARKER = re.compile(r"(<!-- results:([\w-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
-#: Published ImageNet-1k top-1 of each model's default checkpoint: torchvision's DEFAULT weights
-#: where torchvision has the model, otherwise timm's checkpoint of the paper's architecture.
-#: Source: /work/shared/WEIGHTS.md (torchvision 0.29.1 weight enums; timm 1.0.29 results-imagenet.csv).
-PUBLISHED_TOP1: dict[str, tuple[float, str]] = {
-    "mobilenet_v1": (75.388, "timm `mobilenetv1_100.ra4_e3600_r224_in1k`"),
-    "mobilenet_v2": (72.154, "torchvision `MobileNet_V2_Weights.IMAGENET1K_V2`"),
-    "mobilenet_v3_large": (75.274, "torchvision `MobileNet_V3_Large_Weights.IMAGENET1K_V2`"),
-    "mobilenet_v3_large_minimal": (72.270, "timm `tf_mobilenetv3_large_minimal_100.in1k`"),
-    "mobilenet_v3_small": (67.668, "torchvision `MobileNet_V3_Small_Weights.IMAGENET1K_V1`"),
-    "mobilenet_v3_small_minimal": (62.892, "timm `tf_mobilenetv3_small_minimal_100.in1k`"),
-}
-
-
 # --- the model table ----------------------------------------------------------------------------
 
 def model_rows() -> list[dict]:
@@ -51,14 +38,19 @@ def model_rows() -> list[dict]:
 
 
 def models_table(_: Results) -> str:
+    """Params and MAdds from ``mobilenets models``; top-1 from the weights registry's default
+    tag of each model (``create_model(name, pretrained=True)``)."""
+    from mobilenets.io.weights import default_tags
+
+    defaults = default_tags()
     rows = [[f"`{r['model']}`", f"{r['params']:,}", f"{r['madds'] / 1e6:.2f} M",
-             f"{PUBLISHED_TOP1[r['model']][0]:.1f} %", PUBLISHED_TOP1[r["model"]][1]]
+             f"{defaults[r['model']].top1:.1f} %", f"`{defaults[r['model']].tag}`"]
             for r in model_rows()]
-    return (markdown(["model", "params", "MAdds @224", "ImageNet top-1", "published by"], rows[:], 1)
+    return (markdown(["model", "params", "MAdds @224", "ImageNet top-1", "default weights"], rows[:], 1)
             .replace("|---:|\n", "|---|\n", 1)
             + "\n\nParams and MAdds: `mobilenets models` (1000 classes, 224×224). Top-1: the published "
-              "figure of the model's default checkpoint (torchvision's DEFAULT where torchvision has the "
-              "model, else timm's), not measured here.")
+              "figure of the default weights (`pretrained=True`: torchvision's DEFAULT where torchvision "
+              "has the model, else the best published; `mobilenets weights` lists all), not measured here.")
 
 
 TABLES: dict[str, Callable[[Results], str]] = {"models": models_table, **TABLE_MAKERS}

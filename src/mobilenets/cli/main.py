@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from ..errors import MobilenetsError
-from . import deploy, models, paper, train
+from . import deploy, models, paper, train, weights
 from .parser import build_parser
 
 Handler = Callable[[argparse.Namespace], int]
@@ -28,6 +28,7 @@ COMMANDS: dict[str, Handler] = {
     "models": models.run_models,
     "summary": models.run_summary,
     "convert": models.run_convert,
+    "weights": weights.run_weights,
     "train": train.run_train,
     "eval": train.run_eval,
     "predict": train.run_predict,

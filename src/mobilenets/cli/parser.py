@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show what third-party libraries log (torch's loading warnings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_model_commands(sub)
+    _add_weights(sub)
     _add_train(sub)
     _add_eval(sub)
     _add_predict(sub)
@@ -62,6 +63,19 @@ def _add_model_commands(sub: _Commands) -> None:
     p.add_argument("--minimalistic", action="store_true", help="Keras minimalistic variant")
     p.add_argument("-o", "--output", required=True, help="output .safetensors file")
     add_model_options(p)
+
+
+def _add_weights(sub: _Commands) -> None:
+    p = sub.add_parser("weights", help="published ImageNet weights our models load (tag, source, "
+                                       "top-1, URL, hash, preprocessing)")
+    p.add_argument("model", nargs="?", help="only this model's weights")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_pretrained(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pretrained", metavar="TAG",
+                   help="published weights instead of a checkpoint: a tag from `mobilenets weights` "
+                        "or a model name (its default weights); downloaded once, then cached")
 
 
 def _add_train(sub: _Commands) -> None:
@@ -127,8 +141,9 @@ def _add_recipe_overrides(p: argparse.ArgumentParser) -> None:
 
 def _add_eval(sub: _Commands) -> None:
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory, or an exported "
-                                      ".onnx/.pt/.pt2 file (int8 included)")
+    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint, a run directory, or an "
+                                                 "exported .onnx/.pt/.pt2 file (int8 included)")
+    _add_pretrained(p)
     p.add_argument("--trust-code", action="store_true",
                    help="load a TorchScript .pt file, which is a program: only one you trust")
     p.add_argument("--data", default="fashion-mnist")
@@ -150,8 +165,9 @@ def _add_eval(sub: _Commands) -> None:
 
 def _add_predict(sub: _Commands) -> None:
     p = sub.add_parser("predict", help="classify images with a checkpoint or an exported model")
-    p.add_argument("checkpoint", help="a .safetensors checkpoint, a run directory (its best "
-                                      "checkpoint) or an exported .onnx/.pt/.pt2 file")
+    p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint, a run directory (its "
+                                                 "best checkpoint) or an exported .onnx/.pt/.pt2 file")
+    _add_pretrained(p)
     p.add_argument("--trust-code", action="store_true",
                    help="load a TorchScript .pt file, which is a program: only one you trust")
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",

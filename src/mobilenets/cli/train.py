@@ -22,6 +22,7 @@ from ..io.artifact import EXTENSIONS, load_artifact
 from ..io.checkpoint import load_model
 from ..training import EvalResult, TrainConfig, TrainingInterrupted, evaluate, preflight, train
 from .confusion import MAX_TEXT_CONFUSION, format_confusion, plot_confusion
+from . import weights
 from .options import model_kwargs_from_args, reuse_memory
 
 #: ``train`` options whose ``None`` means "the recipe's value".
@@ -102,6 +103,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _load_scored_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str]:
     """The model ``eval`` scores, its metadata, and the precision it computes in."""
+    if args.pretrained or args.checkpoint is None:
+        model, meta = _pretrained(args, args.data)
+        return model, meta, args.precision
     if Path(args.checkpoint).suffix in EXTENSIONS.values():  # an export scores as it will serve
         if args.precision != "fp32":
             raise MobilenetsError(f"--precision {args.precision} applies to checkpoints; an exported "
@@ -229,9 +233,22 @@ def _predict_suffix(args: argparse.Namespace) -> str:
     return suffix
 
 
+def _pretrained(args: argparse.Namespace, data: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """``--pretrained TAG`` (every positional then is an image), or the error for neither."""
+    if not args.pretrained:
+        raise MobilenetsError("give a checkpoint (or exported model), or --pretrained TAG")
+    if args.command == "eval" and args.checkpoint is not None:
+        raise MobilenetsError(f"give either {args.checkpoint} or --pretrained {args.pretrained}, not both")
+    model, meta = weights.pretrained_checkpoint(args.pretrained, data)
+    args.checkpoint = args.pretrained
+    return model, meta
+
+
 def run_predict(args: argparse.Namespace) -> int:
     """The top-k classes of each image."""
     reuse_memory(args)
+    if args.pretrained:
+        weights.pretrained_inputs(args)
     if args.top_k < 1:
         raise MobilenetsError(f"--top-k must be >= 1, got {args.top_k}")
     for p in args.images:
@@ -239,7 +256,9 @@ def run_predict(args: argparse.Namespace) -> int:
             raise MobilenetsError(f"{p} is a directory; give image files (e.g. {p}/*.png)")
         if not Path(p).is_file():
             raise MobilenetsError(f"image not found: {p}")
-    if _predict_suffix(args) == ".safetensors":
+    if args.pretrained or args.checkpoint is None:
+        preds = predict_files(*_pretrained(args), args.images, args.top_k)
+    elif _predict_suffix(args) == ".safetensors":
         model, meta = load_model(args.checkpoint)
         preds = predict_files(model, meta, args.images, args.top_k)
     else:

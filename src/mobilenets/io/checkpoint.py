@@ -104,12 +104,15 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, **meta: Any) -> 
     """Save ``model``'s weights and metadata (``preprocessing``, ``classes``, ...) atomically.
 
     A converted model's own ``preprocessing`` (its source's input size and normalization)
-    is stored unless ``meta`` gives one, so that ``predict`` can use the file at once.
+    and a pretrained model's ``classes`` are stored unless ``meta`` gives them, so that
+    ``predict`` can use the file at once.
     """
     path = Path(path)
     model = unwrap(model)
     if "preprocessing" not in meta and isinstance(getattr(model, "preprocessing", None), dict):
         meta["preprocessing"] = model.preprocessing
+    if "classes" not in meta and isinstance(getattr(model, "classes", None), list):
+        meta["classes"] = model.classes  # pretrained ImageNet weights carry their class names
     atomic_write_bytes(path, state_to_bytes(model.state_dict(), model_meta(model, **meta)))
     return path
 

@@ -17,6 +17,8 @@ file proves only that the two travelled together. The defence is in how each for
 - ``.pth``/``.bin`` weights to convert: ``torch.load(weights_only=True)``.
 - Keras ``.h5``: read with h5py as arrays; the model config (where a Lambda layer's code
   would live) is never read.
+- Downloaded weights (``pretrained=``): checked against their published hash before use,
+  then read by the loaders above (:mod:`mobilenets.io.download`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ POLICY: tuple[FormatPolicy, ...] = (
                  "torch.load(weights_only=True): tensors and plain containers only", "nothing"),
     FormatPolicy("keras weights", (".h5",), True,
                  "h5py reads weight arrays; the model config (Lambda code) is never read",
+                 "nothing"),
+    FormatPolicy("downloaded weights", (".pth", ".bin", ".safetensors", ".h5"), True,
+                 "hash checked before use (registry SHA-256 or MD5, a URL's #sha256=, or "
+                 "torch.hub's name-<8 hex> prefix), then the loaders of the rows above",
                  "nothing"),
 )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -145,16 +146,24 @@ def check_options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return plain
 
 
-def create_model(name: str, *, features_only: bool = False, **kwargs) -> nn.Module:
-    """Build a registered MobileNet.
+def create_model(name: str, *, features_only: bool = False,
+                 pretrained: bool | str | os.PathLike = False, **kwargs) -> nn.Module:
+    """Build a registered MobileNet, optionally with published or given weights.
 
     ``kwargs`` are the constructor options (``num_classes``, ``in_chans``, ``width_mult``,
     ``dropout``, ``bn_eps``, ``bn_momentum``, ``padding``, ``width_convention``,
     ``small_input``; V1 also ``depth_multiplier``). ``features_only=True`` returns a module
     whose ``forward`` gives the stride 2/4/8/16/32 feature maps (see ``feature_info``).
     An unknown name or option raises :class:`MobilenetsError` naming the closest valid one.
+    ``pretrained``: a weights tag (``mobilenets weights`` lists them), ``True`` (the default
+    weights for this model and width), a weights file or an http(s) URL; see docs/weights.md.
     """
     kwargs = check_options(name, kwargs)
+    if pretrained is not False and pretrained is not None:
+        from ..io.weights import pretrained_model  # lazy: io builds its models through this module
+
+        model = pretrained_model(name, pretrained, kwargs)
+        return FeatureMaps(model) if features_only else model
     model = _REGISTRY[name](**kwargs)
     model.model_name = name
     model.model_kwargs = dict(kwargs)
