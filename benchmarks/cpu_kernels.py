@@ -6,7 +6,7 @@
    (``mobilenets.training.qat.round_trip``) instead of ``torch.fake_quantize_per_tensor_affine``:
    forward + backward on a channels-last activation.
 3. ``small-map``: the depthwise weight gradient of kernels wider than the map
-   is :class:`mobilenets.models.layers.SmallMapDepthwise`'s batched matmul instead of oneDNN's
+   is :class:`mobilenets.ops.depthwise.SmallMapDepthwise`'s batched matmul instead of oneDNN's
    kernel: the weight gradient alone, fp32 channels-last, for V3-Small's and V3-Large's 5×5
    layers on the small-input stem's 4×4 maps, and a 7×7 map where the library keeps oneDNN's.
 4. ``small-map-step``: what that weight gradient gives the whole training step of V3-Small
@@ -33,7 +33,7 @@ import torch
 
 from mobilenets.deploy.bench import machine_info
 from mobilenets.ops.cpu import keep_freed_memory
-from mobilenets.models.layers import SmallMapDepthwise
+from mobilenets.ops.depthwise import SmallMapDepthwise
 from mobilenets.training.qat import round_trip
 
 RESULTS = Path(__file__).parent / "results"

@@ -57,7 +57,7 @@ def child(model: str, mode: str, steps: int, threads: int, batch: int, bf16: boo
         import mobilenets
         from mobilenets.training import faster_precision, time_precisions
 
-        net = mobilenets.create_model(model, num_classes=10, in_chans=1, small_input=True)
+        net = cpu.optimize(mobilenets.create_model(model, num_classes=10, in_chans=1, small_input=True))
         times = time_precisions(net.train().to(memory_format=torch.channels_last), (batch, 1, 28, 28), 10, True)
         return {"precision": faster_precision(times), "seconds": times}
     optimised = mode != "plain"

@@ -1,17 +1,18 @@
 """One memory format through the training step: the library's layers against the ones before.
 
-Two changes keep a channels_last training step in one layout (``tests/test_models.py::
-test_channels_last_training_step_never_mixes_memory_formats``):
+Two of :func:`mobilenets.ops.cpu.optimize`'s swaps keep a channels_last training step in one
+layout (``tests/test_models.py::test_channels_last_training_step_never_mixes_memory_formats``):
 
-* the pooling of the head and of squeeze-excite is :func:`mobilenets.models.layers.global_avg_pool`,
+* the pooling of the head and of squeeze-excite is :func:`mobilenets.ops.layers.global_avg_pool`,
   whose backward keeps channels_last, where ``x.mean`` (and ``nn.AdaptiveAvgPool2d(1)``)
   expands an NCHW gradient that the BatchNorm backward and gradient sums then mix with
   channels_last tensors;
-* ReLU6 (V1, V2) runs out of place under autograd (:class:`mobilenets.models.layers.ReLU6`),
+* ReLU6 (V1, V2) runs out of place under autograd (:class:`mobilenets.ops.layers.OutOfPlaceReLU6`),
   where the in-place op made autograd clone each input.
 
-"before" rebuilds the same network with the earlier layers (``nn.AdaptiveAvgPool2d(1)``,
-squeeze-excite pooling by ``x.mean``, ``nn.ReLU6(inplace=True)``). Both run the trainer's
+"before" is the optimised network with those two swaps undone (the plain model's
+``nn.AdaptiveAvgPool2d(1)``, squeeze-excite pooling by ``x.mean``, ``nn.ReLU6(inplace=True)``),
+its depthwise layers still optimised. Both run the trainer's
 CPU step (``train_throughput.py``'s optimised step: channels_last, fused SGD, bf16
 autocast where the CPU has native bf16; here with freed memory kept) on the same batch in
 one process, their steps interleaved, so both see the same machine state; the speed-up is
@@ -33,33 +34,25 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilenets.models import layers
 from mobilenets.deploy.bench import machine_info
+from mobilenets.models.layers import SqueezeExcite
+from mobilenets.ops import layers
 from mobilenets.ops.cpu import bf16_supported, keep_freed_memory
 from train_throughput import make_step
 
 RESULTS = Path(__file__).parent / "results"
 
-
-class MeanPoolSqueezeExcite(layers.SqueezeExcite):
-    """Squeeze-excite as it was: pooled by ``x.mean``."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = x.mean((2, 3), keepdim=True)
-        s = self.act(self.fc1(s))
-        s = self.gate(self.fc2(s))
-        return x * s
+#: ``optimize``'s pooling and ReLU6 layers -> the plain ones they replaced.
+PLAIN = {layers.ChannelsLastAvgPool: nn.AdaptiveAvgPool2d, layers.ChannelsLastSqueezeExcite: SqueezeExcite,
+         layers.OutOfPlaceReLU6: nn.ReLU6}
 
 
 def with_earlier_layers(model: nn.Module) -> nn.Module:
-    """``model`` with the head's, squeeze-excite's and ReLU6's earlier modules, in place."""
-    model.pool = nn.AdaptiveAvgPool2d(1)
+    """An optimised ``model`` with the head's, squeeze-excite's and ReLU6's plain modules
+    back, in place."""
     for module in model.modules():
-        if type(module) is layers.SqueezeExcite:
-            module.__class__ = MeanPoolSqueezeExcite
-        for name, child in module.named_children():
-            if isinstance(child, layers.ReLU6):
-                setattr(module, name, nn.ReLU6(inplace=True))
+        if type(module) in PLAIN:
+            module.__class__ = PLAIN[type(module)]
     return model
 
 

@@ -4,10 +4,12 @@ For each model, the same training step (forward, cross-entropy, backward, optimi
 the same batches is timed in two configurations, alternating A/B within one run so both
 see the same machine state:
 
-* plain: NCHW, fp32, ``torch.optim.SGD`` with its defaults, oneDNN's kernels throughout;
-* optimised: channels_last memory format, the fused SGD kernel, fp32 (the trainer's default
-  where the CPU has no native bf16), and the library's depthwise weight gradient for
-  kernels wider than the map (:class:`mobilenets.models.layers.SmallMapDepthwise`);
+* plain: the model as ``create_model`` builds it (plain ``torch.nn``), NCHW, fp32,
+  ``torch.optim.SGD`` with its defaults, oneDNN's kernels throughout;
+* optimised: the model through :func:`mobilenets.ops.cpu.optimize` (the library's depthwise
+  weight gradient for kernels wider than the map, ReLU6 out of place, a pooling that keeps
+  channels_last), channels_last memory format, the fused SGD kernel, fp32 (the trainer's
+  default where the CPU has no native bf16);
 * optimised + bf16: the same under bf16 autocast (where the CPU has native bf16);
 * with ``--compile``, also optimised (+ bf16) + ``torch.compile`` of the model (compiled
   in the warm-up, untimed): what ``mobilenets train --compile`` does.
@@ -40,23 +42,23 @@ import torch.nn.functional as F
 from torch import nn
 
 import mobilenets
-from mobilenets.models import layers
 from mobilenets.deploy.bench import machine_info
-from mobilenets.ops.cpu import bf16_supported
+from mobilenets.ops.cpu import bf16_supported, optimize
 
 RESULTS = Path(__file__).parent / "results"
 
 
 def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resolution: int, small_input: bool,
               compile: bool = False, edit: Callable[[nn.Module], nn.Module] | None = None,
-              small_map: bool | None = None):
+              small_map: bool = True):
     """One configuration's training step (a function returning its seconds) and whether it
-    runs under bf16 autocast; ``edit`` changes the fresh model first (``memory_format.py``
-    swaps layers with it); ``small_map`` overrides whether the step uses
-    :class:`~mobilenets.models.layers.SmallMapDepthwise` (default: when ``optimised``)."""
-    small_map = optimised if small_map is None else small_map
+    runs under bf16 autocast; ``edit`` changes the model once it is optimised
+    (``memory_format.py`` swaps layers with it); ``small_map=False`` keeps oneDNN's
+    depthwise weight gradient in the optimised step (``cpu_kernels.py``'s step A/B)."""
     torch.manual_seed(0)
     model = mobilenets.create_model(model_name, num_classes=10, in_chans=1, small_input=small_input).train()
+    if optimised:
+        model = optimize(model, small_map_wgrad=small_map)
     if edit is not None:
         model = edit(model)
     x = torch.randn(batch, 1, resolution, resolution)
@@ -71,8 +73,6 @@ def make_step(model_name: str, optimised: bool, bf16: bool, batch: int, resoluti
     forward = torch.compile(model, dynamic=False) if compile else model
 
     def step() -> float:
-        # The plain baseline keeps oneDNN's depthwise weight gradient everywhere.
-        layers.SMALL_MAP_WGRAD = small_map
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             logits = forward(x)

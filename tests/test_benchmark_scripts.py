@@ -145,18 +145,18 @@ def test_malloc_ratios_are_per_round_and_every_mode_runs_in_its_own_process(monk
     assert "compiled_vs_plain" not in row
 
 
-@pytest.mark.parametrize("optimised, small_map, expected", [(False, None, False), (True, None, True),
-                                                            (True, False, False), (True, True, True)])
+@pytest.mark.parametrize("optimised, small_map, expected", [(False, True, False), (True, True, True),
+                                                            (True, False, False)])
 def test_training_step_uses_the_small_map_gradient_as_configured(monkeypatch, optimised, small_map, expected):
     """``make_step``'s plain baseline keeps oneDNN's depthwise weight gradient, the optimised
-    step takes the library's, and ``small_map`` overrides it (``cpu_kernels.py``'s step A/B)."""
-    from mobilenets.models import layers
+    step takes the library's, and ``small_map=False`` keeps oneDNN's there too
+    (``cpu_kernels.py``'s step A/B)."""
+    from mobilenets.ops.depthwise import SmallMapDepthwise
 
     throughput = load("train_throughput", monkeypatch)
     calls = []
-    apply = layers.SmallMapDepthwise.apply
-    monkeypatch.setattr(layers.SmallMapDepthwise, "apply", lambda *a: calls.append(1) or apply(*a))
-    monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", layers.SMALL_MAP_WGRAD)  # restored after the test
+    apply = SmallMapDepthwise.apply
+    monkeypatch.setattr(SmallMapDepthwise, "apply", lambda *a: calls.append(1) or apply(*a))
     step, _ = throughput.make_step("mobilenet_v3_small", optimised, False, 2, 28, True, small_map=small_map)
     assert step() > 0
     assert bool(calls) == expected

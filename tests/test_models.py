@@ -2,6 +2,8 @@
 
 import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -9,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import mobilenets
 from conftest import ALL_MODELS
+from mobilenets.ops.cpu import optimize
 
 # Small widths keep CPU time low; the contract does not depend on width.
 SMALL = dict(width_mult=0.5)
@@ -190,11 +193,11 @@ def test_unknown_model_and_option_name_the_closest():
 
 @pytest.mark.parametrize("name", ["mobilenet_v1", "mobilenet_v3_small"])
 def test_cpu_bf16_autocast_keeps_depthwise_convolutions_in_fp32(name):
-    """oneDNN's bf16 depthwise kernels are slow on CPUs, so under autocast the depthwise
-    convolutions run in fp32 and the pointwise ones in bf16; gradients still reach all."""
+    """oneDNN's bf16 depthwise kernels are slow on CPUs, so under autocast ``optimize``'s
+    depthwise convolutions run in fp32 and the pointwise ones in bf16; gradients still reach all."""
     from mobilenets.models.layers import ConvNormAct
 
-    model = mobilenets.create_model(name, num_classes=5, **SMALL).train()
+    model = optimize(mobilenets.create_model(name, num_classes=5, **SMALL).train())
     seen: dict[str, set] = {"depthwise": set(), "other": set()}
     for m in model.modules():
         if isinstance(m, ConvNormAct):
@@ -217,7 +220,7 @@ def test_cpu_bf16_autocast_keeps_depthwise_convolutions_in_fp32(name):
     ((2, 4, 5, 5), 3, 2, 0),  # what Conv2dSame passes, the input already padded
 ])
 def test_small_map_depthwise_gradients_equal_the_native_ones(shape, kernel, stride, padding):
-    from mobilenets.models.layers import SmallMapDepthwise
+    from mobilenets.ops.depthwise import SmallMapDepthwise
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, dtype=torch.float64, generator=g).contiguous(memory_format=torch.channels_last)
@@ -233,50 +236,57 @@ def test_small_map_depthwise_gradients_equal_the_native_ones(shape, kernel, stri
         torch.testing.assert_close(ours, native, rtol=1e-12, atol=1e-12)
 
 
+def _small_map_calls(monkeypatch) -> list[torch.Size]:
+    """The input shapes :class:`SmallMapDepthwise` is applied to from now on."""
+    from mobilenets.ops.depthwise import SmallMapDepthwise
+
+    calls, apply = [], SmallMapDepthwise.apply
+    monkeypatch.setattr(SmallMapDepthwise, "apply", lambda *a: calls.append(a[0].shape) or apply(*a))
+    return calls
+
+
+def _training_step(model, x, compile: bool = False):
+    """The loss and parameter gradients of one training step of a copy of ``model``
+    (``compile``: through ``torch.compile``, Inductor replaced by eager kernels)."""
+    net = copy.deepcopy(model)
+    forward = torch.compile(net, backend="aot_eager") if compile else net
+    torch.manual_seed(1)  # the same dropout mask
+    loss = forward(x).logsumexp(1).sum()
+    loss.backward()
+    return loss.detach(), [p.grad for p in net.parameters()]
+
+
 @pytest.mark.parametrize("padding", ["symmetric", "same"])
 def test_small_map_depthwise_path_trains_the_same_network(monkeypatch, padding):
-    """By default, depthwise layers whose kernel is wider than the map take
+    """After ``optimize``, depthwise layers whose kernel is wider than the map take
     :class:`SmallMapDepthwise`'s weight gradient, on every CPU, and a training step gives
-    the native path's loss and gradients."""
-    from mobilenets.models import layers
-
-    calls = []
-    apply = layers.SmallMapDepthwise.apply
-    monkeypatch.setattr(layers.SmallMapDepthwise, "apply", lambda *a: calls.append(a[0].shape) or apply(*a))
+    the native path's loss and gradients; ``small_map_wgrad=False`` keeps oneDNN's."""
+    calls = _small_map_calls(monkeypatch)
     torch.manual_seed(0)
     model = mobilenets.create_model("mobilenet_v3_small", num_classes=4, in_chans=1, small_input=True,
                                     padding=padding, **SMALL).train()
     x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-
-    def step() -> tuple[torch.Tensor, list[torch.Tensor]]:
-        net = copy.deepcopy(model)
-        torch.manual_seed(1)  # the same dropout mask
-        loss = net(x).logsumexp(1).sum()
-        loss.backward()
-        return loss.detach(), [p.grad for p in net.parameters()]
-
-    ours = step()  # the library's default
+    native = _training_step(model, x)
+    assert not calls
+    ours = _training_step(optimize(copy.deepcopy(model)), x)
     assert calls and all(max(s[-2:]) < 5 for s in calls)  # the 4×4 maps of the last stage
     calls.clear()
-    monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", False)
-    native = step()
+    _training_step(optimize(copy.deepcopy(model), small_map_wgrad=False), x)
     assert not calls
     torch.testing.assert_close(ours[0], native[0])
     for a, b in zip(ours[1], native[1]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("forced", [False, True], ids=["onednn", "small-map"])
-def test_training_graph_compiles_whole_with_either_depthwise_path(monkeypatch, forced):
-    """``torch.compile`` traces the training model as one graph (no break at the depthwise
-    layers' CPU checks), with :class:`SmallMapDepthwise`'s weight gradient as one custom
-    operator, and the compiled step's gradients are the eager ones."""
-    from mobilenets.models import layers
-
-    monkeypatch.setattr(layers, "SMALL_MAP_WGRAD", forced)
+@pytest.mark.parametrize("small_map_wgrad", [False, True], ids=["onednn", "small-map"])
+def test_training_graph_compiles_whole_with_either_depthwise_path(small_map_wgrad):
+    """``torch.compile`` traces the optimized training model as one graph (no break at the
+    depthwise layers' CPU checks), with :class:`SmallMapDepthwise`'s weight gradient as one
+    custom operator, and the compiled step's gradients are the eager ones."""
     torch.manual_seed(0)
     model = mobilenets.create_model("mobilenet_v3_small", num_classes=4, in_chans=1, small_input=True,
                                     dropout=0.0, **SMALL).train()
+    model = optimize(model, small_map_wgrad=small_map_wgrad)
     x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     explained = torch._dynamo.explain(copy.deepcopy(model))(x)
     assert explained.graph_break_count == 0, explained.break_reasons
@@ -286,6 +296,60 @@ def test_training_graph_compiles_whole_with_either_depthwise_path(monkeypatch, f
         grads.append([p.grad for p in net.parameters()])
     for ours, native in zip(*grads):
         torch.testing.assert_close(ours, native, rtol=1e-4, atol=1e-5)
+
+
+#: Where the classes of a plain model may come from: torch.nn and the library's own models.
+PLAIN_MODULES = ("torch.nn.modules.", "mobilenets.models.")
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_models_are_plain_and_optimize_computes_the_same(name):
+    """``create_model`` builds torch.nn layers and the library's blocks only, with no
+    forward of its own on ``ConvNormAct``; ``optimize`` swaps CPU layers in, keeping the
+    state-dict keys, the outputs and the gradients, eager and compiled."""
+    from mobilenets.models.layers import ConvNormAct
+
+    torch.manual_seed(0)
+    model = mobilenets.create_model(name, num_classes=4, in_chans=1, small_input=True, dropout=0.0,
+                                    **SMALL).train()
+    foreign = {type(m).__module__ + "." + type(m).__name__ for m in model.modules()
+               if not type(m).__module__.startswith(PLAIN_MODULES)}
+    assert not foreign
+    assert ConvNormAct.forward is torch.nn.Sequential.forward
+    fast = optimize(copy.deepcopy(model))
+    assert {type(m).__module__ for m in fast.modules()} & {"mobilenets.ops.layers"}
+    assert list(fast.state_dict()) == list(model.state_dict())
+    assert optimize(fast) is fast and [type(m) for m in optimize(copy.deepcopy(fast)).modules()] == [
+        type(m) for m in fast.modules()]  # idempotent
+    x = torch.randn(4, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    plain = _training_step(model, x)
+    # Compiling costs seconds per model: V1 (ReLU6), V3-Small (SE, hard-swish, 5×5 on 4×4 maps).
+    for compile in (False, True) if name in ("mobilenet_v1", "mobilenet_v3_small") else (False,):
+        ours = _training_step(fast, x, compile)
+        torch.testing.assert_close(ours[0], plain[0])
+        for a, b in zip(ours[1], plain[1]):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(fast.eval()(x), model.eval()(x))
+    torch.testing.assert_close(torch.jit.script(fast)(x), model(x), rtol=1e-5, atol=1e-6)
+
+
+def test_importing_the_cpu_speed_ups_registers_no_operator():
+    """``import mobilenets.ops.cpu`` leaves torch's operator registry as it was: the weight
+    gradient's custom operator is registered by the first ``optimize`` (or backward)."""
+    code = ("import torch, mobilenets, mobilenets.ops.cpu as cpu, mobilenets.ops.depthwise\n"
+            "print(hasattr(torch.ops.mobilenets, 'small_map_depthwise_wgrad'))\n"
+            "cpu.optimize(mobilenets.create_model('mobilenet_v3_small', width_mult=0.5))\n"
+            "print(hasattr(torch.ops.mobilenets, 'small_map_depthwise_wgrad'))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
+
+
+def test_old_layer_names_say_where_they_moved():
+    with pytest.raises(ImportError, match=r"SmallMapDepthwise moved to mobilenets\.ops\.depthwise"):
+        from mobilenets.models.layers import SmallMapDepthwise  # noqa: F401
+    with pytest.raises(ImportError, match=r"optimize\(model, small_map_wgrad"):
+        from mobilenets.models.layers import SMALL_MAP_WGRAD  # noqa: F401
 
 
 class _OpArgs(TorchDispatchMode):
@@ -302,12 +366,12 @@ class _OpArgs(TorchDispatchMode):
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_channels_last_training_step_never_mixes_memory_formats(name):
-    """In a channels_last training step every 4-D activation and gradient every op sees is
+    """In an optimized channels_last training step every 4-D activation and gradient every op sees is
     channels_last: an NCHW gradient meeting channels_last tensors (as ``mean``'s backward
     gave the head's and squeeze-excite's pooling) sends the CPU's BatchNorm backward and
     element-wise kernels to their slow paths."""
     model = mobilenets.create_model(name, num_classes=4, in_chans=1, small_input=True, **SMALL).train()
-    mixed, _ = _channels_last_step(model)
+    mixed, _ = _channels_last_step(optimize(model))
     assert not mixed, mixed[:5]
 
 
@@ -332,8 +396,8 @@ def test_memory_format_benchmark_rebuilds_the_earlier_layers(name, monkeypatch):
     from test_benchmark_scripts import load
 
     memory_format = load("memory_format", monkeypatch)
-    model = mobilenets.create_model(name, num_classes=4, in_chans=1, small_input=True, dropout=0.0,
-                                    **SMALL).eval()
+    model = optimize(mobilenets.create_model(name, num_classes=4, in_chans=1, small_input=True, dropout=0.0,
+                                             **SMALL).eval())
     before = memory_format.with_earlier_layers(copy.deepcopy(model))
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
@@ -348,9 +412,9 @@ def test_relu6_copies_nothing_for_autograd_and_stays_in_place_without_it():
     """ReLU6 out of place under autograd: the in-place op would make autograd clone its
     input for the backward. Without autograd it still works in place. Values and gradients
     are ReLU6's, at the kinks too."""
-    from mobilenets.models.layers import ReLU6
+    from mobilenets.ops.layers import OutOfPlaceReLU6
 
-    act = ReLU6(inplace=True)
+    act = OutOfPlaceReLU6(inplace=True)
     x = torch.tensor([-1.0, 0.0, 0.5, 6.0, 7.0]).repeat(4)
     leaf = x.clone().requires_grad_()
     with _OpArgs() as ops:
@@ -367,7 +431,7 @@ def test_relu6_copies_nothing_for_autograd_and_stays_in_place_without_it():
 
 
 def test_global_avg_pool_is_the_mean_with_the_inputs_layout_in_its_gradient():
-    from mobilenets.models.layers import global_avg_pool
+    from mobilenets.ops.layers import global_avg_pool
 
     x = torch.randn(3, 5, 4, 6).contiguous(memory_format=torch.channels_last).requires_grad_()
     out = global_avg_pool(x)

@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from ..errors import MobilenetsError
-from ..models.layers import GlobalAvgPool
 
 
 def downsampling(strides: Sequence[int], *, small_input: bool,
@@ -84,7 +83,7 @@ class MobileNet(nn.Module):
         self.features = nn.Sequential(*features)
         self.num_features: int = features[-1].out_channels
         self.head_hidden_size: int = head_hidden_size or self.num_features
-        self.pool = GlobalAvgPool()
+        self.pool = nn.AdaptiveAvgPool2d(1)
         # V3: Linear + h-swish after pooling (the "efficient last stage"); V1/V2: nothing.
         self.head: nn.Module = head if head is not None else nn.Identity()
         self.dropout = nn.Dropout(dropout)

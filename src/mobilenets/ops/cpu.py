@@ -1,6 +1,8 @@
-"""What this CPU can do, asked in one place: the fast paths of training and int8 export
-depend on it.
+"""The CPU speed-ups: :func:`optimize` for a built model, and what this CPU can do, asked in
+one place (the fast paths of training and int8 export depend on it).
 
+* :func:`optimize` swaps the CPU versions of a model's layers in (:mod:`mobilenets.ops.layers`),
+  as ``torch.ao.quantization.prepare_qat`` swaps in fake-quantized ones;
 * bf16 autocast pays only with native bf16 matrix instructions (AVX-512-BF16 or AMX):
   :func:`bf16_supported`;
 * int8 weights use 7 bits on x86 CPUs without VNNI: :func:`reduce_range_default`;
@@ -17,6 +19,12 @@ import functools
 import platform
 
 import torch
+from torch import nn
+
+from ..models.layers import ConvNormAct, SqueezeExcite
+from ..ops.depthwise import register_small_map_wgrad
+from ..ops.layers import (ChannelsLastAvgPool, ChannelsLastSqueezeExcite, CpuDepthwiseConvNormAct,
+                          OutOfPlaceReLU6)
 
 #: The instruction sets benchmark results record: those that decide bf16 and int8 speed.
 RECORDED_ISA = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
@@ -118,3 +126,36 @@ def freed_memory_kept() -> bool:
     """Whether :func:`keep_freed_memory` has applied in this process (it cannot be undone),
     so that a benchmark can record which allocator behaviour it measured."""
     return _freed_memory_kept
+
+
+def optimize(model: nn.Module, *, small_map_wgrad: bool = True) -> nn.Module:
+    """``model`` with the CPU versions of its layers swapped in, in place; returns it.
+
+    The result computes the same outputs and gradients (the tests hold it to the plain
+    model's), keeps its parameters, buffers and state-dict keys, and stays scriptable.
+    What changes is how the CPU computes them (each measured in the class's docstring):
+
+    * ``nn.ReLU6`` works out of place under autograd (:class:`~mobilenets.ops.layers.OutOfPlaceReLU6`);
+    * global average pooling, of the head and of squeeze-excite, hands back gradients in
+      the input's memory format (:func:`~mobilenets.ops.layers.global_avg_pool`);
+    * depthwise convolutions run in fp32 under CPU autocast and, with ``small_map_wgrad``,
+      take :class:`~mobilenets.ops.depthwise.SmallMapDepthwise`'s weight gradient for
+      kernels wider than the map (:class:`~mobilenets.ops.layers.CpuDepthwiseConvNormAct`).
+
+    Calling it again changes nothing but ``small_map_wgrad``. Apply it before
+    ``torch.compile``: it registers the weight gradient's custom operator.
+    """
+    if small_map_wgrad:
+        register_small_map_wgrad()
+    for module in model.modules():
+        if type(module) is ConvNormAct and module.depthwise:
+            module.__class__ = CpuDepthwiseConvNormAct
+        if isinstance(module, CpuDepthwiseConvNormAct):
+            module.small_map_wgrad = small_map_wgrad
+        elif type(module) is SqueezeExcite:
+            module.__class__ = ChannelsLastSqueezeExcite
+        elif type(module) is nn.AdaptiveAvgPool2d and module.output_size in (1, (1, 1)):
+            module.__class__ = ChannelsLastAvgPool
+        elif type(module) is nn.ReLU6:
+            module.__class__ = OutOfPlaceReLU6
+    return model
