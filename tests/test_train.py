@@ -51,6 +51,20 @@ def test_training_lowers_the_loss_and_writes_the_run(idx_dir, tmp_path):
     assert result.best_acc == pytest.approx(meta["val_acc"])
 
 
+def test_the_cpu_trainer_trains_the_optimised_network_and_saves_a_plain_one(idx_dir, tmp_path):
+    """On the CPU the trainer applies ``ops.cpu.optimize``; checkpoints stay plain networks
+    (same keys, loaded into ``create_model``'s classes)."""
+    from mobilenets.ops.layers import CpuDepthwiseConvNormAct, OutOfPlaceReLU6
+
+    trainer = Trainer(_cfg(idx_dir, tmp_path / "opt", epochs=1, max_steps=1,
+                           model="mobilenet_v2", model_kwargs={"width_mult": 0.25}))
+    kinds = {type(m) for m in trainer.model.modules()}
+    assert CpuDepthwiseConvNormAct in kinds and OutOfPlaceReLU6 in kinds
+    trainer.fit()
+    model, _ = load_model(tmp_path / "opt" / "last.safetensors")
+    assert not any(isinstance(m, (CpuDepthwiseConvNormAct, OutOfPlaceReLU6)) for m in model.modules())
+
+
 def test_no_weight_decay_on_bn_and_bias(idx_dir, tmp_path):
     trainer = Trainer(_cfg(idx_dir, tmp_path / "wd", epochs=1, weight_decay=0.01))
     decayed, plain = trainer.optimizer.param_groups

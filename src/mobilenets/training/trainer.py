@@ -23,7 +23,7 @@ from ..errors import MobilenetsError
 from ..io.checkpoint import (atomic_write_bytes, load_state, model_meta, model_weights, read_checkpoint,
                              state_to_bytes)
 from ..models.registry import create_model
-from ..ops.cpu import keep_freed_memory
+from ..ops.cpu import keep_freed_memory, optimize
 from .batches import iterate, iterate_lists, micro_batches
 from .config import TrainConfig, check_compiler, config_from_init, read_init, resumed_config
 from .distributed import any_rank, process_group, sum_over_ranks, sync_batchnorm, world, wrap_ddp
@@ -130,6 +130,8 @@ class Trainer:
             model = sync_batchnorm(model, cfg.model, self.model_kwargs, self.device, self.world_size)
         if cfg.qat:
             prepare_qat(model)
+        if self.device.type == "cpu":  # the CPU kernels' gaps (benchmarks/train_throughput.py)
+            optimize(model)
         self.model = model.to(self.device)
         if cfg.qat and not cfg.resume:
             self._calibrate()
