@@ -76,10 +76,15 @@ def test_fold_conv_bn_matches_batchnorm_formula():
     bn.weight.data.normal_()
     bn.bias.data.normal_()
     x = torch.randn(2, 4, 8, 8)
+    # The formula in float64, rounded once: what folding must store, to the bit.
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    weight = (conv.weight.double() * scale.reshape(-1, 1, 1, 1)).float()
+    bias = (bn.bias.double() + (conv.bias.double() - bn.running_mean.double()) * scale).float()
     with torch.no_grad():
         expected = bn(conv(x))
         deploy.fold_conv_bn_(conv, bn)
         torch.testing.assert_close(conv(x), expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(conv.weight, weight) and torch.equal(conv.bias, bias)
 
 
 # ----------------------------------------------------------------------------- exports
