@@ -4,7 +4,7 @@
 
 Each checkpoint is exported twice with :func:`mobilenets.deploy.export.export_model` (float ONNX,
 and int8 calibrated on ``--calibration-size`` training images), then the PyTorch model,
-its bf16 inference copy (:func:`mobilenets.deploy.export.bf16_inference`, what the ``compile-bf16``
+its bf16 inference copy (:func:`mobilenets.deploy.fold.bf16_inference`, what the ``compile-bf16``
 bench backend runs), the float ONNX and the int8 ONNX classify the whole test split with
 the checkpoint's own preprocessing. With ``--qat-steps N`` each checkpoint is also
 fine-tuned quantization-aware (``mobilenets train --qat --init CHECKPOINT --max-steps N``,

@@ -101,7 +101,56 @@ def test_calibrated_simulation_is_what_onnxruntime_runs(name, reduce_range, tmp_
         assert min(abs(s - o) / s for o in ours) < 1e-5, s
     with torch.no_grad():
         sim, ref = q(x).numpy(), model(x).numpy()
-    assert np.abs(sim - int8).mean() < 0.3 * np.abs(ref - int8).mean()
+    if name == "mobilenet_v1":  # ReLU6 only: nothing the simulation leaves out
+        np.testing.assert_array_equal(sim, int8)
+    else:  # measured: 0.25 with 8-bit weights, 0.15 with 7-bit (a VNNI CPU)
+        assert np.abs(sim - int8).mean() < 0.3 * np.abs(ref - int8).mean()
+
+
+@pytest.mark.parametrize("reduce_range", [None, True], ids=["this-cpu", "7-bit"])
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "mobilenet_v3_large"])
+def test_v3_simulation_is_closer_to_onnxruntime_than_float(name, reduce_range, tmp_path):
+    """V3's hard-swish and squeeze-excite: the simulation rounds hard-swish's gate as the
+    int8 graph does, but not squeeze-excite's hard-sigmoid, which the int8 graph folds into
+    its convolution (``int8_friendly``), so it is less close than for V1/V2. Measured on a
+    VNNI CPU (8-bit / 7-bit weights): V3-Small 0.67 / 0.77, V3-Large 0.62 / 0.61 of the
+    float logits' distance to int8; the bound is 0.8."""
+    model = _net(name)
+    imgs, x = _images()
+    art = deploy.export_model(model, "onnx", tmp_path / "m.onnx", preprocessing=PRE, int8=True,
+                              calibration_images=imgs, tolerance=10, reduce_range=reduce_range)
+    int8 = deploy.load_artifact(art.path)(x.numpy())
+    q = prepare_qat(copy.deepcopy(model), reduce_range)
+    calibrate(q, [x[:8], x[8:]])
+    with torch.no_grad():
+        sim, ref = q(x).numpy(), model(x).numpy()
+    assert np.abs(sim - int8).mean() < 0.8 * np.abs(ref - int8).mean()
+
+
+@pytest.mark.parametrize("reduce_range", [False, True], ids=["8-bit", "7-bit"])
+def test_simulation_predicts_int8_classes_on_real_images(reduce_range, tmp_path):
+    """The trained fixture model (V3-Small minimal, width 0.25) on 200 real Fashion-MNIST
+    test images, simulation and int8 calibrated on the same 64 training images: the
+    simulation picks int8's class at least as often as the float model does, and is closer
+    to int8's logits. Measured: top-1 98.5 % / 100 % (float: 97.5 % / 98.5 %), distance
+    0.75 / 0.65 of the float logits' (8-bit / 7-bit weights)."""
+    from pathlib import Path
+
+    fixtures = Path(__file__).parent / "fixtures"
+    sample = np.load(fixtures / "fmnist_sample.npz")
+    model, meta = load_model(fixtures / "fmnist_v3s_minimal_025.safetensors")
+    pre = deploy.resolve_preprocessing(model, meta)
+    cal = torch.from_numpy(sample["calibration_images"]).unsqueeze(1)
+    x = deploy.preprocess(torch.from_numpy(sample["test_images"]).unsqueeze(1), pre)
+    art = deploy.export_model(model, "onnx", tmp_path / "m.int8.onnx", preprocessing=pre, int8=True,
+                              calibration_images=cal, reduce_range=reduce_range)
+    int8 = deploy.load_artifact(art.path)(x)
+    q = prepare_qat(copy.deepcopy(model), reduce_range)
+    calibrate(q, [torch.from_numpy(deploy.preprocess(cal, pre))])
+    with torch.no_grad():
+        sim, ref = q.eval()(torch.from_numpy(x)).numpy(), model.eval()(torch.from_numpy(x)).numpy()
+    assert (sim.argmax(1) == int8.argmax(1)).mean() >= max((ref.argmax(1) == int8.argmax(1)).mean(), 0.98)
+    assert np.abs(sim - int8).mean() < 0.8 * np.abs(ref - int8).mean()
 
 
 @pytest.mark.parametrize("machine,flags,expected", [

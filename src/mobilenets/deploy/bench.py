@@ -16,55 +16,45 @@ Backends (:data:`BACKENDS`):
 * ``compile``: the ``channels_last`` model through ``torch.compile`` (Inductor, static
   shapes, weights frozen as constants, the options of :func:`compile_options`, built by
   :func:`compile_model`; compiles once per batch size, which can take a minute).
-* ``compile-bf16``: the same in bfloat16 (:func:`mobilenets.deploy.export.bf16_inference`:
+* ``compile-bf16``: the same in bfloat16 (:func:`mobilenets.deploy.fold.bf16_inference`:
   bf16 weights and activations, float32 in and out), on CPUs with native bf16
   instructions (AVX-512-BF16/AMX) only. Not exact: ``mobilenets eval --precision bf16``
   measures its accuracy.
 * ``onnxruntime`` / ``onnxruntime-int8``: the exported ONNX file, float and int8
-  (:mod:`mobilenets.deploy.export`), on onnxruntime's CPU provider.
+  (:mod:`mobilenets.deploy.onnx`, :mod:`mobilenets.deploy.int8`), on onnxruntime's CPU provider.
 
 A backend that cannot be built or run here (no C++ compiler for ``torch.compile``, no
 bf16 instructions, no ``onnxruntime``) is reported as unavailable, with the reason,
 instead of ending the run.
 
-Timing: each backend is first warmed up (at least 3 calls and 0.25 s; compiling backends
-compile there), then timed for about ``seconds`` in 3 rounds that alternate between
-backends, at least 2 calls per round. Slow configurations get a few long calls, fast
-ones hundreds. Latency is the median and 90th percentile of single calls.
-
-Shared machines: while another process holds a core, every parallel region of a 2-thread
-PyTorch op waits for its descheduled peer, which can make eager PyTorch 10-100× slower
-while onnxruntime barely notices, so such numbers compare the machine's load, not the
-backends. On Linux each round therefore measures the CPU time other processes used
-meanwhile (``/proc/stat``); a round in which they took more than
-:data:`CONTENTION_LIMIT` of the machine is repeated (up to :data:`MAX_RETRIES` times) and,
-if it stays contended, counted in the result's ``contended_rounds`` and its note.
+Timing (interleaved rounds, contention on shared machines): :mod:`mobilenets.deploy.timing`.
 """
 
 from __future__ import annotations
 
 import copy
-import os
-import platform
 import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..ops import cpu
-
-from ..deploy import export as deploy
-from ..models.conventions import check_choice
-from ..errors import MobilenetsError
 from ..analysis.profile import profile
+from ..errors import MobilenetsError
+from ..io.artifact import onnx_session, torchscript_quietly
+from ..models.conventions import check_choice
+from ..ops import cpu
+from .export import artifact_metadata
+from .fold import bf16_inference, prepare_for_inference
+from .int8 import quantize_onnx
+from .onnx import onnx_bytes
+from .preprocess import input_channels
+from .timing import (CONTENTION_LIMIT, ROUNDS, load_average, machine_info, matmul_peak, measure,
+                     percentile, torch_threads, warm_up)
 
 BACKENDS: tuple[str, ...] = ("eager", "channels_last", "torchscript", "compile", "compile-bf16",
                              "onnxruntime", "onnxruntime-int8")
@@ -81,12 +71,6 @@ COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 #: the faster) gained 3-10 % at batch 1 and cost 1-3 % at batch 32 on the AVX2 machine, so
 #: it is used up to this batch size only.
 AUTOTUNE_MAX_BATCH = 1
-ROUNDS = 3
-WARMUP_CALLS = 3
-WARMUP_SECONDS = 0.25
-#: Share of the machine's CPU time other processes may use during a timed round.
-CONTENTION_LIMIT = 0.10
-MAX_RETRIES = 4
 
 
 def compile_options(batch: int) -> dict[str, Any]:
@@ -201,126 +185,6 @@ class BenchReport:
         return "\n".join(lines + ([""] + notes if notes else []))
 
 
-# ----------------------------------------------------------------------------- timing
-
-def sample_times(fn: Callable[[], Any], seconds: float, min_calls: int = 2,
-                 max_calls: int = 10_000) -> list[float]:
-    """Per-call wall times of ``fn`` for about ``seconds`` (at least ``min_calls`` calls)."""
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < max_calls and (len(times) < min_calls
-                                      or time.perf_counter() - start < seconds):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
-def warm_up(fn: Callable[[], Any]) -> None:
-    """Call ``fn`` until caches, allocators and compilers have settled."""
-    sample_times(fn, WARMUP_SECONDS, min_calls=WARMUP_CALLS)
-
-
-def cpu_snapshot() -> tuple[float, float, float] | None:
-    """(machine busy seconds, machine total seconds, this process's CPU seconds), or
-    ``None`` where ``/proc/stat`` does not exist."""
-    try:
-        with open("/proc/stat") as f:
-            ticks = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK")
-    own = os.times()
-    return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz, own.user + own.system
-
-
-def others_share(before: tuple[float, float, float] | None,
-                 after: tuple[float, float, float] | None) -> float | None:
-    """Fraction of the machine's CPU time used by other processes between two snapshots."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    busy, total, own = (a - b for a, b in zip(after, before))
-    return max(0.0, busy - own) / total
-
-
-def measure(runners: dict[str, Callable[[], Any]], seconds: float, rounds: int = ROUNDS,
-            max_retries: int = MAX_RETRIES) -> tuple[dict[str, list[float]], dict[str, int]]:
-    """Interleaved timing: ``rounds`` passes over all runners, ``seconds / rounds`` each.
-
-    Returns the call times and, per runner, how many rounds stayed contended after
-    ``max_retries`` repeats (see the module docstring).
-    """
-    samples: dict[str, list[float]] = {name: [] for name in runners}
-    contended = dict.fromkeys(runners, 0)
-    for _ in range(rounds):
-        for name, fn in runners.items():
-            for _attempt in range(max_retries + 1):
-                before = cpu_snapshot()
-                times = sample_times(fn, seconds / rounds)
-                share = others_share(before, cpu_snapshot())
-                if share is None or share <= CONTENTION_LIMIT:
-                    break
-            else:
-                contended[name] += 1
-            samples[name] += times
-    return samples, contended
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
-
-
-@contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run PyTorch with ``threads`` intra-op threads, restoring the setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def matmul_peak(threads: int, size: int = 2048, seconds: float = 0.5) -> float:
-    """Multiply-adds per second of a ``size``² fp32 ``torch.mm`` (fastest call).
-
-    A large square matmul is the most arithmetic-bound operation a CPU runs from
-    PyTorch; its rate is the practical peak that network throughput is compared with.
-    Background load can only slow a call down, so the fastest call is the best estimate.
-    """
-    with torch_threads(threads):
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        out = torch.empty(size, size)
-
-        def mm() -> None:
-            torch.mm(a, b, out=out)
-
-        warm_up(mm)
-        return size ** 3 / min(sample_times(mm, seconds, min_calls=3))
-
-
-def load_average() -> float | None:
-    """The 1-minute load average: other processes competing for the cores skew timings."""
-    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU model and software versions, so results can be compared across runs."""
-    name = cpu.cpuinfo("model name") or platform.processor() or platform.machine()
-    info: dict[str, Any] = {"cpu": name, "isa": cpu.recorded_isa(), "logical_cpus": os.cpu_count(),
-                            "torch": torch.__version__, "python": platform.python_version(),
-                            "malloc": "freed memory kept" if cpu.freed_memory_kept() else "default"}
-    load = load_average()
-    if load is not None:
-        info["load_average_start"] = load
-    try:
-        import onnxruntime
-        info["onnxruntime"] = onnxruntime.__version__
-    except ImportError:
-        pass
-    return info
-
-
 # ----------------------------------------------------------------------------- backends
 
 def _first_line(e: BaseException) -> str:
@@ -335,7 +199,7 @@ class _Backends:
     def __init__(self, model: nn.Module, resolution: int, threads: int, workdir: Path,
                  preprocessing: dict[str, Any]) -> None:
         self.model = copy.deepcopy(model).eval()
-        self.ready = deploy.prepare_for_inference(model)
+        self.ready = prepare_for_inference(model)
         self.ready_cl = copy.deepcopy(self.ready).to(memory_format=torch.channels_last)
         self.resolution = resolution
         self.threads = threads
@@ -348,8 +212,8 @@ class _Backends:
         if backend not in self.sessions:
             fp32 = self.workdir / "model.onnx"
             if not fp32.exists():
-                meta = deploy.artifact_metadata(self.model, self.pre, None, "onnx")
-                fp32.write_bytes(deploy.onnx_bytes(self.ready, self.pre, meta))
+                meta = artifact_metadata(self.model, self.pre, None, "onnx")
+                fp32.write_bytes(onnx_bytes(self.ready, self.pre, meta))
             path = fp32
             if backend == "onnxruntime-int8":
                 path = self.workdir / "model.int8.onnx"
@@ -359,8 +223,8 @@ class _Backends:
                 g = torch.Generator().manual_seed(0)
                 images = torch.randint(0, 256, (16, c, s, s), dtype=torch.uint8, generator=g)
                 self.notes[backend] = "calibrated on random images (latency only)"
-                deploy.quantize_onnx(fp32, path, images, self.pre)
-            self.sessions[backend] = deploy.onnx_session(path, self.threads)
+                quantize_onnx(fp32, path, images, self.pre)
+            self.sessions[backend] = onnx_session(path, self.threads)
         return self.sessions[backend]
 
     def runner(self, backend: str, batch: int) -> Callable[[], Any]:
@@ -378,7 +242,7 @@ class _Backends:
             xc = x.contiguous(memory_format=torch.channels_last)
             module: Callable[[torch.Tensor], Any] = self.ready_cl
             if backend == "torchscript":
-                with torch.no_grad(), deploy.torchscript_quietly():
+                with torch.no_grad(), torchscript_quietly():
                     traced = torch.jit.trace(self.ready, x, check_trace=False)
                     module = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
                 xc = x
@@ -389,7 +253,7 @@ class _Backends:
 
                 if not bf16_supported():
                     raise MobilenetsError("this CPU has no native bf16 instructions (AVX-512-BF16 or AMX)")
-                module = compile_model(deploy.bf16_inference(self.model), compile_options(batch))
+                module = compile_model(bf16_inference(self.model), compile_options(batch))
 
             def run() -> Any:
                 with torch.inference_mode():
@@ -398,6 +262,45 @@ class _Backends:
         session = self._session(backend)
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: session.run(None, feed)
+
+
+def _check_arguments(batches: Sequence[int], resolution: int, backends: Sequence[str]) -> None:
+    for b in backends:
+        check_choice("backend", b, BACKENDS)
+    if not batches or min(batches) < 1:
+        raise MobilenetsError(f"batch sizes must be >= 1, got {list(batches)}")
+    if resolution < 8:
+        raise MobilenetsError(f"resolution must be >= 8, got {resolution}")
+
+
+def _prepared(factory: _Backends, batch: int, backends: Sequence[str],
+              log: Callable[[str], None]) -> tuple[dict[str, Callable[[], Any]], dict[str, str]]:
+    """The warmed-up runner of each backend at ``batch``, and why the others are unavailable."""
+    runners: dict[str, Callable[[], Any]] = {}
+    failed: dict[str, str] = {}
+    for backend in backends:
+        log(f"batch {batch}: preparing {backend}")
+        try:
+            fn = factory.runner(backend, batch)
+            warm_up(fn)
+            runners[backend] = fn
+        except Exception as e:  # noqa: BLE001 - any failure means "unavailable here"
+            failed[backend] = f"unavailable: {_first_line(e)}"
+    return runners, failed
+
+
+def _result(backend: str, batch: int, times: list[float], contended: int, madds: int,
+            peak: float, note: str) -> BenchResult:
+    """One backend's timed calls at ``batch`` as figures; ``madds`` per image, ``peak`` in MAdd/s."""
+    median = statistics.median(times)
+    rate = madds * batch / median
+    notes = [note]
+    if contended:
+        notes.append(f"{contended} of {ROUNDS} rounds timed while other "
+                     f"processes used > {CONTENTION_LIMIT:.0%} of the CPU")
+    return BenchResult(backend, batch, median * 1e3, percentile(times, 90) * 1e3, len(times),
+                       batch / median, rate / 1e9, rate / peak, contended,
+                       "; ".join(n for n in notes if n))
 
 
 def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resolution: int = 224,
@@ -412,17 +315,12 @@ def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resoluti
     trainer and ``mobilenets eval``/``predict`` do; the report's ``machine["malloc"]``
     records which allocator behaviour was measured.
     """
-    for b in backends:
-        check_choice("backend", b, BACKENDS)
-    if not batches or min(batches) < 1:
-        raise MobilenetsError(f"batch sizes must be >= 1, got {list(batches)}")
-    if resolution < 8:
-        raise MobilenetsError(f"resolution must be >= 8, got {resolution}")
+    _check_arguments(batches, resolution, backends)
     threads = threads or torch.get_num_threads()
     log = log or (lambda _msg: None)
     if reuse_memory:
         cpu.keep_freed_memory()
-    channels = deploy.input_channels(model)
+    channels = input_channels(model)
     # Export needs a preprocessing record; its mean/std do not change the graph's speed.
     pre = {"input_size": resolution, "channels": channels, "mean": [0.5] * channels,
            "std": [0.5] * channels}
@@ -435,34 +333,13 @@ def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resoluti
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
         factory = _Backends(model, resolution, threads, Path(tmp), pre)
         for batch in batches:
-            runners: dict[str, Callable[[], Any]] = {}
-            failed: dict[str, str] = {}
-            for backend in backends:
-                log(f"batch {batch}: preparing {backend}")
-                try:
-                    fn = factory.runner(backend, batch)
-                    warm_up(fn)
-                    runners[backend] = fn
-                except Exception as e:  # noqa: BLE001 - any failure means "unavailable here"
-                    failed[backend] = f"unavailable: {_first_line(e)}"
+            runners, failed = _prepared(factory, batch, backends, log)
             log(f"batch {batch}: timing {', '.join(runners)}")
             samples, contended = measure(runners, seconds)
-            for backend in backends:
-                if backend in failed:
-                    report.results.append(BenchResult(backend, batch, note=failed[backend]))
-                    continue
-                times = samples[backend]
-                median = statistics.median(times)
-                rate = prof.madds * batch / median
-                notes = [factory.notes.get(backend, "")]
-                if contended[backend]:
-                    notes.append(f"{contended[backend]} of {ROUNDS} rounds timed while other "
-                                 f"processes used > {CONTENTION_LIMIT:.0%} of the CPU")
-                report.results.append(BenchResult(
-                    backend, batch, median * 1e3, percentile(times, 90) * 1e3, len(times),
-                    batch / median, rate / 1e9, rate / peak, contended[backend],
-                    "; ".join(n for n in notes if n)))
+            report.results += [
+                BenchResult(b, batch, note=failed[b]) if b in failed else
+                _result(b, batch, samples[b], contended[b], prof.madds, peak, factory.notes.get(b, ""))
+                for b in backends]
     if load_average() is not None:
         report.machine["load_average_end"] = load_average()
     return report
-
