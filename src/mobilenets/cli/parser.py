@@ -72,6 +72,13 @@ def _add_weights(sub: _Commands) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_model_source(p: argparse.ArgumentParser) -> None:
+    """What else names the model of eval and predict, beside their checkpoint argument."""
+    _add_pretrained(p)
+    p.add_argument("--trust-code", action="store_true",
+                   help="load a TorchScript .pt file, which is a program: only one you trust")
+
+
 def _add_pretrained(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", metavar="TAG",
                    help="published weights instead of a checkpoint: a tag from `mobilenets weights` "
@@ -143,9 +150,7 @@ def _add_eval(sub: _Commands) -> None:
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint, a run directory, or an "
                                                  "exported .onnx/.pt/.pt2 file (int8 included)")
-    _add_pretrained(p)
-    p.add_argument("--trust-code", action="store_true",
-                   help="load a TorchScript .pt file, which is a program: only one you trust")
+    _add_model_source(p)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--batch-size", type=int, default=512)
@@ -167,9 +172,7 @@ def _add_predict(sub: _Commands) -> None:
     p = sub.add_parser("predict", help="classify images with a checkpoint or an exported model")
     p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint, a run directory (its "
                                                  "best checkpoint) or an exported .onnx/.pt/.pt2 file")
-    _add_pretrained(p)
-    p.add_argument("--trust-code", action="store_true",
-                   help="load a TorchScript .pt file, which is a program: only one you trust")
+    _add_model_source(p)
     p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
                    help="auto: onnxruntime for .onnx files, PyTorch otherwise")
     p.add_argument("images", nargs="+")

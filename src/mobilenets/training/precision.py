@@ -41,7 +41,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     both (:func:`time_precisions`); fp32 on other CPUs.
 
     On a Zen 4 EPYC (AVX-512-BF16) bf16 training steps (with the depthwise convolutions
-    kept in fp32, see ``ConvNormAct``) measured ×1.1 (V3-Small) to ×1.7 (V2) faster than
+    kept in fp32, see ``ops.layers.CpuDepthwiseConvNormAct``) measured ×1.1 (V3-Small) to ×1.7 (V2) faster than
     fp32 channels-last, at no accuracy cost measured on Fashion-MNIST (one 3-epoch V3-Small
     run each: 91.35 % bf16 against 91.38 % fp32).
     """
@@ -64,7 +64,7 @@ def time_precisions(model: nn.Module, batch_shape: tuple[int, ...], num_classes:
     bf16 autocast, on a copy of ``model`` and a random batch of ``batch_shape``.
 
     Native bf16 does not make every network faster: V3's depthwise convolutions stay in fp32
-    (``ConvNormAct``) and each bf16 pointwise layer adds casts, so whether the rest gains
+    (``ops.layers.CpuDepthwiseConvNormAct``) and each bf16 pointwise layer adds casts, so whether the rest gains
     enough depends on the CPU, the model and even the allocator. On a Zen 4 EPYC bf16
     trained all three of V2, V3-Large and V3-Small faster; on a Xeon with AVX-512-BF16 but
     no AMX it gained ×1.16 on V2 and lost 5-10 % on V3 with glibc's malloc defaults
