@@ -5,10 +5,13 @@ load it, handed their settings through the environment."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ipaddress
 import json
 import os
+import signal
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 
 from ..errors import MobilenetsError
@@ -49,6 +52,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _sigterm_returns() -> Iterator[None]:
+    """uvicorn re-raises SIGTERM once its graceful shutdown is over (every request answered);
+    a no-op handler then lets the command return 0 instead of dying by the signal."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Serve one model until Ctrl-C or SIGTERM; in-flight requests finish first."""
     _require_stack()
@@ -77,11 +91,13 @@ def run_serve(args: argparse.Namespace) -> int:
     common = {"host": args.host, "port": args.port, "log_level": args.log_level,
               "timeout_graceful_shutdown": GRACEFUL_SECONDS}
     if args.workers == 1:
-        uvicorn.run(build_app(served, options), **common)
+        with _sigterm_returns():
+            uvicorn.run(build_app(served, options), **common)
         return 0
     os.environ["MOBILENETS_SERVE_CONFIG"] = json.dumps({
         "source": args.model, "pretrained": args.pretrained, "trust_code": args.trust_code,
         "backend": args.backend, "threads": threads, "reuse_memory": args.reuse_memory,
         "options": asdict(options)})
-    uvicorn.run("mobilenets.serve.app:app_from_env", factory=True, workers=args.workers, **common)
+    with _sigterm_returns():
+        uvicorn.run("mobilenets.serve.app:app_from_env", factory=True, workers=args.workers, **common)
     return 0
