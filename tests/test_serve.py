@@ -30,6 +30,7 @@ from mobilenets.serve.inputs import HTTPProblem, parse_top_k  # noqa: E402
 from mobilenets.serve.load import ServerProcess, Upload, run_load  # noqa: E402
 from mobilenets.serve.metrics import Metrics  # noqa: E402
 from mobilenets.serve.model import BadImage, check_image_bytes, load_served  # noqa: E402
+from test_weights import registry, server  # noqa: E402, F401  (a local weights registry and its HTTP server)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECKPOINT = FIXTURES / "fmnist_v3s_minimal_025.safetensors"
@@ -192,6 +193,15 @@ def test_top_k_is_checked():
             parse_top_k({"top_k": bad})
 
 
+def test_pretrained_weights_are_served_with_imagenet_classes_and_their_published_accuracy(registry, samples):
+    tag = "torchvision.mobilenet_v3_small.imagenet_test"
+    served = load_served(None, pretrained=tag)
+    assert served.card["accuracy"] == {"top1": 1.0, "source": f"published ({tag}, ImageNet)"}
+    assert len(served.meta["classes"]) == 1000 and served.preprocessing["input_size"] == 224
+    top = served.predict(served.preprocess(samples[0].read_bytes())[None], 3)[0]
+    assert len(top) == 3 and all(t["class"] in served.meta["classes"] for t in top)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["serve", "missing.safetensors"], "model not found"),
     (["serve", str(CHECKPOINT), "--max-batch", "0"], "--max-batch"),
@@ -208,7 +218,7 @@ def test_user_mistakes_are_one_error_line(capsys, argv, message):
 # ----------------------------------------------------------------------------- a real server
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def live(tmp_path_factory):
     log = tmp_path_factory.mktemp("server") / "server.log"
     with ServerProcess(CHECKPOINT, "--max-body-mb", str(MAX_BODY / 2**20), "--max-wait-ms", "20",
                        "--threads", "1", "--log-level", "warning", log=log) as s:
@@ -216,60 +226,60 @@ def server(tmp_path_factory):
     assert s.exit_code == 0, log.read_text()[-2000:]
 
 
-def test_predict_answers_what_the_predict_command_answers(server, samples):
+def test_predict_answers_what_the_predict_command_answers(live, samples):
     model, meta = load_model(CHECKPOINT)
     expected = predict_files(model, meta, samples[:2], top_k=5)
-    status, raw = post(server.port, "/v1/predict?top_k=3", samples[0].read_bytes(), "image/png")
+    status, raw = post(live.port, "/v1/predict?top_k=3", samples[0].read_bytes(), "image/png")
     assert status == 200 and raw["model"] == "mobilenet_v3_small_minimal"
     assert [t["class"] for t in raw["top"]] == [c for c, _ in expected[0].top[:3]]
     assert raw["top"][0]["probability"] == pytest.approx(expected[0].top[0][1], abs=1e-5)
     assert set(raw["time_ms"]) == {"total", "decode", "queue", "inference"} and raw["batch_size"] >= 1
     body, ctype = multipart([("a.png", samples[0].read_bytes())])
-    status, form = post(server.port, "/v1/predict", body, ctype)
+    status, form = post(live.port, "/v1/predict", body, ctype)
     assert status == 200 and form["top"][:3] == raw["top"]
     body, ctype = multipart([(p.name, p.read_bytes()) for p in samples[:2]])
-    status, batch = post(server.port, "/v1/predict/batch", body, ctype)
+    status, batch = post(live.port, "/v1/predict/batch", body, ctype)
     assert status == 200 and [r["name"] for r in batch["results"]] == [p.name for p in samples[:2]]
     for want, got in zip(expected, batch["results"]):
         assert [t["class"] for t in got["top"]] == [c for c, _ in want.top]
 
 
-def test_info_routes(server):
-    status, body = server.get("/v1/model")
+def test_info_routes(live):
+    status, body = live.get("/v1/model")
     card = json.loads(body)
     assert status == 200 and card["name"] == "mobilenet_v3_small_minimal" and card["backend"] == "torch"
     assert len(card["classes"]) == 10 and card["resolution"] == 28 and card["params"] == 76690
     assert card["madds"] > 0 and card["preprocessing"]["mean"] == [0.2863]
-    assert server.get("/healthz") == (200, b'{"status":"ok"}')
-    assert server.get("/readyz") == (200, b'{"ready":true}')
-    status, page = server.get("/")
+    assert live.get("/healthz") == (200, b'{"status":"ok"}')
+    assert live.get("/readyz") == (200, b'{"ready":true}')
+    status, page = live.get("/")
     assert status == 200 and b"<script src=\"/static/app.js\">" in page
-    assert server.get("/static/app.js")[0] == 200 and server.get("/static/style.css")[0] == 200
-    assert server.get("/static/secret.py")[0] == 404
-    status, spec = server.get("/openapi.json")
+    assert live.get("/static/app.js")[0] == 200 and live.get("/static/style.css")[0] == 200
+    assert live.get("/static/secret.py")[0] == 404
+    status, spec = live.get("/openapi.json")
     assert status == 200 and "/v1/predict/batch" in json.loads(spec)["paths"]
 
 
-def test_every_bad_input_gets_its_4xx_and_the_server_keeps_serving(server, samples):
+def test_every_bad_input_gets_its_4xx_and_the_server_keeps_serving(live, samples):
     good = samples[0].read_bytes()
     for upload, expected in bad_uploads(good):
-        status, body = post(server.port, "/v1/predict", upload.body, upload.content_type)
+        status, body = post(live.port, "/v1/predict", upload.body, upload.content_type)
         assert (status, upload.name) == (expected, upload.name) and body["error"], body
     body, ctype = multipart([("ok.png", good), ("broken.png", good[:40])])
-    status, answer = post(server.port, "/v1/predict/batch", body, ctype)
+    status, answer = post(live.port, "/v1/predict/batch", body, ctype)
     assert status == 400 and answer["error"].startswith("broken.png: not a readable image")
-    assert post(server.port, "/v1/predict?top_k=0", good, "image/png")[0] == 400
-    assert post(server.port, "/v1/predict", good, "image/png")[0] == 200
+    assert post(live.port, "/v1/predict?top_k=0", good, "image/png")[0] == 400
+    assert post(live.port, "/v1/predict", good, "image/png")[0] == 200
 
 
-def test_small_load_loses_nothing_and_refuses_only_the_bad(server, samples):
+def test_small_load_loses_nothing_and_refuses_only_the_bad(live, samples):
     """The load benchmark in small: 300 requests from 8 clients, a third of them bad."""
     good = [Upload(p.read_bytes(), "image/png", 2, p.name) for p in samples]
     bad = [u for u, _ in bad_uploads(good[0].body) if u.name != "body over --max-body-mb"]
     uploads = [u for pair in zip(good * 2, bad + bad[:1]) for u in pair] + good[:2]
-    images = lambda: int(re.search(rb"^mobilenets_serve_images_total (\d+)$", server.get("/metrics")[1], re.M)[1])  # noqa: E731
+    images = lambda: int(re.search(rb"^mobilenets_serve_images_total (\d+)$", live.get("/metrics")[1], re.M)[1])  # noqa: E731
     before = images()
-    result = run_load(server.port, uploads, 300, 8)
+    result = run_load(live.port, uploads, 300, 8)
     summary = result.summary()
     assert result.wrong == [] and result.lost == 0 and summary["server_errors"] == 0
     n_good = sum(u.expect == 2 for u in (uploads * 300)[:300])
