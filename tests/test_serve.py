@@ -215,6 +215,16 @@ def test_user_mistakes_are_one_error_line(capsys, argv, message):
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
+def test_a_torchscript_file_is_served_only_when_trusted(tmp_path, capsys):
+    """Models load through the artifact loader and its safety policy (docs/security.md)."""
+    program = tmp_path / "model.pt"
+    program.write_bytes(b"not even a zip")
+    assert main(["serve", str(program)]) == 2
+    assert "is TorchScript and was not loaded" in capsys.readouterr().err
+    assert main(["serve", str(program), "--trust-code"]) == 2  # trusted: read, and its sidecar missed
+    assert "model.pt.json not found" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- a real server
 
 @pytest.fixture(scope="module")

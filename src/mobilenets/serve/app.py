@@ -172,8 +172,8 @@ def _add_info_routes(app: Any, state: _State) -> None:
     async def model() -> JSONResponse:
         s = state.served
         classes = s.meta.get("classes") or [str(i) for i in range(s.num_classes)]
-        return JSONResponse({"name": s.name, "backend": s.backend, "source": os.path.basename(s.source),
-                             "classes": classes, "preprocessing": s.preprocessing, **s.card,
+        return JSONResponse({**s.card, "name": s.name, "backend": s.backend, "source": os.path.basename(s.source),
+                             "classes": classes, "preprocessing": s.preprocessing,
                              "batching": asdict(state.options)})
 
     @app.get("/healthz", summary="The process is up")

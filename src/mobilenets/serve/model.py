@@ -131,8 +131,17 @@ def load_served(source: str | os.PathLike | None, *, pretrained: str | None = No
 
 
 def _from_module(model: torch.nn.Module, meta: dict[str, Any], source: str) -> ServedModel:
+    """A PyTorch model on ``bench``'s ``channels_last`` path: BatchNorm folded, NHWC, no
+    gradients (about 1.7x eager at batch 1 and 2x at batch 32 on 2 cores, docs/performance.md)."""
+    from ..deploy.fold import prepare_for_inference
+
     model.eval()
-    served = ServedModel(str(meta.get("model", type(model).__name__)), "torch", meta, model, source)
+    fast = prepare_for_inference(model).to(memory_format=torch.channels_last)
+
+    def logits(batch: torch.Tensor) -> torch.Tensor:
+        return fast(batch.contiguous(memory_format=torch.channels_last))
+
+    served = ServedModel(str(meta.get("model", type(model).__name__)), "torch", meta, logits, source)
     served.card = model_card(meta, model)
     return served
 
