@@ -12,12 +12,12 @@ TORCH_INDEX ?=
 STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test venv data models docs clean
+.PHONY: demo test venv data browser models docs clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test,keras,onnx]'
+	$(BIN)/pip install --quiet -e '.[test,keras,onnx,serve]'
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -30,6 +30,17 @@ data:
 	    ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist) \
 	      || echo "warning: could not install dataset-fashion-mnist; pass --data DIR"; \
 	  else echo "Fashion-MNIST not found in $(FMNIST); pass --data DIR with its IDX files"; fi; \
+	fi
+
+# Chromium and its WebDriver for the serve page's browser test (tests/test_serve_page.py), from
+# Debian; the test skips, saying why, where they are missing.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver) \
+	      || echo "warning: could not install chromium; the browser test will skip"; \
+	  else echo "chromium not found; the browser test will skip"; fi; \
 	fi
 
 test: $(STAMP)

@@ -26,7 +26,7 @@ import pytest
 import mobilenets
 
 #: Heavy or optional libraries that ``import mobilenets`` must leave to the commands using them.
-NOT_ON_IMPORT = ("matplotlib", "onnx", "onnxruntime", "keras", "h5py")
+NOT_ON_IMPORT = ("matplotlib", "onnx", "onnxruntime", "keras", "h5py", "fastapi", "starlette", "uvicorn")
 
 PROBE = r'''
 import importlib, json, os, pkgutil, sys

@@ -334,6 +334,27 @@ def eval_malloc_table(results: Results) -> str:
             + caption(results, "eval_malloc_avx2.json"))
 
 
+# --- serving (benchmarks/serve_load.py) ----------------------------------------------------------
+
+def serve_load_table(results: Results) -> str:
+    d = results("serve_load.json")
+    rows = []
+    for r in d["rows"]:
+        sizes = {int(k): v for k, v in r["batch_sizes"].items()}
+        mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
+        rows.append([f"`{r['model']}`", "on" if r["mode"] == "batching" else "off", str(r["concurrency"]),
+                     f"{r['throughput_rps']:.1f}", ms(r["p50_ms"]), ms(r["p95_ms"]), ms(r["p99_ms"]),
+                     f"{mean:.1f} (max {max(sizes, default=0)})",
+                     str(r["client_errors"] + r["server_errors"]), str(r["lost"])])
+    gains = "; ".join(f"`{s['model']}` ×{s['batching_gain']:.2f}" for s in d["summary"])
+    header = ["model", "batching", "clients", "requests/s", "p50 ms", "p95 ms", "p99 ms", "mean batch",
+              "errors", "lost"]
+    return (markdown(header, rows, left=2) + f"\n\n{d['requests_per_point']:,} requests per row, 224×224, "
+            "a JPEG photo and Fashion-MNIST PNGs in turn; the server with 2 PyTorch threads, the clients on "
+            f"the same cores. Batching's throughput at the most clients over one client: {gains}."
+            + caption(results, "serve_load.json"))
+
+
 TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "summary": summary_table,
     **{f"fmnist-{g}": partial(fmnist_table, g) for g in ("zen4", "side-by-side", "intel", "older")},
@@ -356,4 +377,5 @@ TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "cpu-kernels-intel": partial(small_map_table, "cpu_kernels_intel.json"),
     "compile-options-avx2": partial(compile_options_table, "compile_options_avx2_fp32.json"),
     "eval-malloc-avx2": eval_malloc_table,
+    "serve-load": serve_load_table,
 }

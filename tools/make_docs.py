@@ -22,7 +22,7 @@ from pathlib import Path
 from doc_tables import TABLE_MAKERS, Results, machine_name, markdown  # noqa: F401  (machine_name: for tests)
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ("README.md", "docs/training.md", "docs/deployment.md", "docs/performance.md")
+DOCS = ("README.md", "docs/training.md", "docs/deployment.md", "docs/performance.md", "docs/serving.md")
 MARKER = re.compile(r"(<!-- results:([\w-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
 
 # --- the model table ----------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from ..errors import MobilenetsError
-from . import deploy, models, paper, train, weights
+from . import deploy, models, paper, serve, train, weights
 from .parser import build_parser
 
 Handler = Callable[[argparse.Namespace], int]
@@ -36,6 +36,7 @@ COMMANDS: dict[str, Handler] = {
     "paper": paper.run_paper,
     "export": deploy.run_export,
     "bench": deploy.run_bench,
+    "serve": serve.run_serve,
 }
 
 __all__ = ["COMMANDS", "build_parser", "main"]

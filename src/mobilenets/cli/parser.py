@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_paper(sub)
     _add_export(sub)
     _add_bench(sub)
+    _add_serve(sub)
     return parser
 
 
@@ -255,3 +256,30 @@ def _add_bench(sub: _Commands) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_reuse_memory_option(p, "eager PyTorch 1.9-3.0x faster at batch 32 measured")
     add_model_options(p)
+
+
+def _add_serve(sub: _Commands) -> None:
+    p = sub.add_parser("serve", help="serve a model over HTTP: JSON API, web page, metrics (docs/serving.md)",
+                       description="Serve a checkpoint, an exported model or published weights over "
+                                   "HTTP: POST /v1/predict, a web page at /, /metrics. Needs the serve "
+                                   "extra: pip install 'mobilenets[serve]'.")
+    p.add_argument("model", nargs="?", help="a .safetensors checkpoint, a run directory or an exported "
+                                            ".onnx/.pt2/.pt file")
+    _add_pretrained(p)
+    p.add_argument("--trust-code", action="store_true",
+                   help="load a TorchScript .pt file, which is a program: only one you trust")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="auto: onnxruntime for .onnx files, PyTorch otherwise")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens "
+                        "it to the network, without authentication)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
+    p.add_argument("--threads", type=int, help="PyTorch threads per worker (default: cores / workers)")
+    p.add_argument("--max-batch", type=int, default=32,
+                   help="most images in one forward pass (1: no dynamic batching)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch waits for more images after its first")
+    p.add_argument("--max-body-mb", type=float, default=10.0, help="largest request body (413 above)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    add_reuse_memory_option(p, "which pays under load")

@@ -19,6 +19,10 @@ file proves only that the two travelled together. The defence is in how each for
   would live) is never read.
 - Downloaded weights (``pretrained=``): checked against their published hash before use,
   then read by the loaders above (:mod:`mobilenets.io.download`).
+- Images uploaded to ``mobilenets serve``: data, not code, but crafted to exhaust memory; the
+  body is capped (``--max-body-mb``), any image over Pillow's ``MAX_IMAGE_PIXELS`` is refused
+  from its header before decoding, and decoding is the one ``predict`` uses
+  (:mod:`mobilenets.serve.model`).
 """
 
 from __future__ import annotations
@@ -69,6 +73,10 @@ POLICY: tuple[FormatPolicy, ...] = (
                  "hash checked before use (registry SHA-256 or MD5, a URL's #sha256=, or "
                  "torch.hub's name-<8 hex> prefix), then the loaders of the rows above",
                  "nothing"),
+    FormatPolicy("images uploaded to serve", (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif"),
+                 False, "body capped by --max-body-mb (413); over Pillow's MAX_IMAGE_PIXELS refused "
+                 "from the header, before decoding (413); decoded as predict decodes files (400 if "
+                 "unreadable)", "nothing"),
 )
 
 TRUST_CODE_HINT = ("TorchScript files are programs (PyTorch's security policy), so mobilenets "
