@@ -84,7 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status: 0 done, 2 a user error, 130 interrupted."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except MobilenetsError as e:  # a UsageError: one line, no usage block
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args.argv = argv  # `train --nproc-per-node` re-runs the command line under torchrun
     if not args.command:
         parser.print_help()
