@@ -149,7 +149,7 @@ def test_nproc_per_node_checks_the_options_once_before_launching(idx_dir: Path, 
 
     monkeypatch.setattr(run, "main", must_not_launch)
     common = ["--nproc-per-node", "2", "--data", str(idx_dir), "--out", str(tmp_path / "r")]
-    assert "epochs must be >= 1" in _one_error(capsys, ["train", "--epochs", "0", *common])
+    assert "epochs must be in [1, 100000], got 0" in _one_error(capsys, ["train", "--epochs", "0", *common])
     assert "unknown model 'mobilenet_v9'" in _one_error(capsys, ["train", "--model", "mobilenet_v9", *common])
     assert "data not found" in _one_error(capsys, ["train", "--nproc-per-node", "2", "--data",
                                                    str(tmp_path / "none"), "--out", str(tmp_path / "r")])

@@ -20,6 +20,7 @@ from typing import TextIO
 from ..errors import MobilenetsError
 from . import deploy, models, paper, train, weights
 from .parser import build_parser
+from .torchrun import report_worker_error
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -99,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MobilenetsError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        if report_worker_error(str(e)):  # a torchrun worker: once, for all of them
+            print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -22,7 +22,7 @@ from ..io.artifact import EXTENSIONS, load_artifact
 from ..io.checkpoint import load_model
 from ..training import EvalResult, TrainConfig, TrainingInterrupted, evaluate, preflight, train
 from .confusion import MAX_TEXT_CONFUSION, format_confusion, plot_confusion
-from . import weights
+from . import torchrun, weights
 from .options import model_kwargs_from_args, reuse_memory
 from .text import printable
 
@@ -64,8 +64,6 @@ def _worker_argv(argv: list[str]) -> list[str]:
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
     """Re-run this very command under torchrun with ``--nproc-per-node`` processes."""
-    from torch.distributed.run import main as torchrun  # the launcher only: spares every other command its import
-
     if args.nproc_per_node < 1:
         raise MobilenetsError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     preflight(_config_from_args(args))
@@ -78,12 +76,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
             launch += ["--node-rank", str(args.node_rank)]
     else:
         launch += ["--standalone"]
-    try:
-        torchrun(launch + ["-m", "mobilenets", *_worker_argv(args.argv)])
-    except Exception as e:  # noqa: BLE001 - torchrun raises ChildFailedError with the worker's log
-        raise MobilenetsError("distributed training failed: a worker stopped with an error (printed "
-                              "above) and torchrun ended the others; the last good checkpoint in "
-                              f"{args.out} is intact") from e
+    torchrun.launch(launch + ["-m", "mobilenets", *_worker_argv(args.argv)], args.out)
     return 0
 
 

@@ -388,8 +388,9 @@ class Trainer:
         prepare_run_dir(self.run_dir, self.cfg.resume)
         if self.cfg.resume:  # a run killed between its metrics and its checkpoint logged an epoch twice
             write_metrics(self.run_dir, self.history)
-        # "precision" stays as asked (auto re-decides on the machine that resumes); what ran is
-        # recorded beside it. A finished run resumed trains nothing, so its record stays.
+        # "precision" stays as asked; what ran is recorded beside it, and a resumed "auto" run
+        # continues in that precision (read_saved_config). A finished run resumed trains
+        # nothing, so its record stays.
         if record_config:
             write_config(self.run_dir, {**asdict(replace(self.cfg, resume=False)), "world_size": self.world_size,
                                         "precision_used": self.precision,
