@@ -170,3 +170,173 @@ def test_class_names_are_escaped_on_a_terminal(ckpt: Path, tmp_path: Path, image
     assert main(["predict", str(bad), str(image), "--json"]) == 0
     names = {t["class"] for t in json.loads(capsys.readouterr().out)[0]["top"]}
     assert names == set(hostile)  # JSON escapes them itself and keeps them exact
+
+
+# --------------------------------------------------------------------------- resumed runs
+
+def _saved_run(tmp_path: Path, **changes) -> Path:
+    """A run folder whose config.json is a real resolved configuration, edited by hand."""
+    from dataclasses import asdict
+
+    from mobilenets.training import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.safetensors").write_bytes(b"")
+    config = {**asdict(TrainConfig(out=str(run)).resolved()), "world_size": 1, **changes}
+    (run / "config.json").write_text(json.dumps(config))
+    return run
+
+
+@pytest.mark.parametrize("value, message", [
+    ("many", 'epochs must be int or None, got "many"'), ([3], "epochs must be int or None, got [3]"),
+    (None, "epochs must be in [1, 100000], got None"), (2.5, "epochs must be int or None, got 2.5"),
+    (10 ** 15, "epochs must be in [1, 100000]"), (True, "epochs must be int or None, got true"),
+])
+def test_a_hand_edited_config_json_is_validated_like_the_command_line(
+        value, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = _saved_run(tmp_path, epochs=value)
+    line = cli_error(capsys, ["train", "--resume", "--out", str(run)])
+    assert f"{run / 'config.json'} is corrupt" in line and message in line
+
+
+def test_an_untouched_config_json_is_accepted_and_auto_resumes_in_the_recorded_precision(tmp_path: Path) -> None:
+    from mobilenets.training.config import read_saved_config
+
+    config, world_size = read_saved_config(_saved_run(tmp_path, precision="auto", precision_used="bf16"))
+    assert config.precision == "bf16" and world_size == 1 and config.epochs >= 1
+
+
+# --------------------------------------------------------------------------- paper cost, bench
+
+@pytest.mark.parametrize("argv, message", [
+    (["--m", "100000000000"], "M must be an integer in 1..1000000, got 100000000000"),
+    (["--m", "1000000", "--n", "1000000", "--df", "100000"], "is over 1e+18 MAdds"),
+])
+def test_paper_cost_bounds_its_dimensions(argv: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert message in cli_error(capsys, ["paper", "cost", *argv, "--out", str(tmp_path)])
+    from mobilenets.analysis.paper.cost import layer_cost
+
+    assert layer_cost(3, 10 ** 6, 10 ** 6, 333).standard_madds == 9 * 10 ** 12 * 333 ** 2  # just inside
+
+
+BENCH = ["bench", "mobilenet_v3_small", "--width-mult", "0.25", "--resolution", "32", "--batch", "1",
+         "--backends", "eager", "--seconds", "0.05", "--threads", "1"]
+
+
+@pytest.fixture()
+def small_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    import mobilenets.deploy.bench as bench
+
+    monkeypatch.setattr(bench, "matmul_peak", lambda threads, size: 1e9)
+
+
+def test_bench_where_every_backend_failed_is_an_error(small_peak, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    import mobilenets.deploy.bench as bench
+
+    def out_of_memory(self, backend: str, batch: int):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory")
+
+    monkeypatch.setattr(bench._Backends, "runner", out_of_memory)
+    assert main(BENCH) == 2
+    err = capsys.readouterr().err
+    assert "error: no backend ran at any batch size (eager, batch 1: unavailable: RuntimeError: " \
+           "DefaultCPUAllocator: not enough memory)" in err
+
+
+def test_bench_keeps_third_party_noise_off_the_terminal_unless_verbose(
+        small_peak, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import sys
+    import warnings
+
+    import mobilenets.deploy.bench as bench
+
+    real = bench._Backends.runner
+
+    def noisy(self, backend: str, batch: int):
+        sys.stderr.write("AUTOTUNE packed_linear(1x144)\n")  # as Inductor writes its tables
+        warnings.warn_explicit("TypedStorage is deprecated", UserWarning, "select_algorithm.py", 1,
+                               module="torch._inductor.select_algorithm")
+        return real(self, backend, batch)
+
+    monkeypatch.setattr(bench._Backends, "runner", noisy)
+    assert main(BENCH) == 0
+    err = capsys.readouterr().err
+    assert "AUTOTUNE" not in err and "deprecated" not in err and "batch 1: preparing eager" in err
+    assert main(["--verbose", *BENCH]) == 0
+    assert "AUTOTUNE" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- run folders, data
+
+def test_a_second_run_into_the_same_folder_fails_at_once_naming_the_first(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+    import sys
+
+    from mobilenets.training.runlock import run_lock
+
+    out = tmp_path / "run"
+    with run_lock(out):  # this process is "the first run"
+        # `train` takes the lock before it reads anything (the data here does not exist)
+        line = cli_error(capsys, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(out)])
+        assert line == (f"error: another training run (PID {os.getpid()}) is using {out}; wait for it "
+                        "to end or choose another --out")
+        code = ("import sys; from pathlib import Path; from mobilenets.training.runlock import run_lock\n"
+                "from mobilenets.errors import MobilenetsError\n"
+                f"try:\n    run_lock(Path({str(out)!r})).__enter__()\nexcept MobilenetsError as e:\n"
+                "    print(e); sys.exit(2)\n")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert proc.returncode == 2, proc.stderr  # another process too
+        assert f"another training run (PID {os.getpid()}) is using {out}" in proc.stdout
+    with run_lock(out):  # released on exit; the .lock file left behind blocks nothing
+        assert (out / ".lock").read_text().strip() == str(os.getpid())
+    assert "data not found" in cli_error(capsys, ["train", "--data", str(tmp_path / "nowhere"), "--out", str(out)])
+
+
+def _photos(root: Path, size: int = 80) -> Path:
+    from datagen import make_image_folder
+
+    return make_image_folder(root, n_per_class=2, size=size, splits=True, modes=("RGB",))
+
+
+def test_a_truncated_large_image_is_skipped_like_a_small_one(tmp_path: Path) -> None:
+    """One policy for every folder: without --strict an image that fails to decode is
+    skipped with a warning naming it; with --strict it is an error (test_robustness)."""
+    import warnings
+
+    from mobilenets.data.datasets import load_dataset
+
+    root = _photos(tmp_path / "photos")
+    good = (root / "train" / "dog").iterdir().__next__()
+    bad = root / "train" / "dog" / "cut.png"
+    bad.write_bytes(good.read_bytes()[:len(good.read_bytes()) // 2])
+    ds = load_dataset(str(root), "train", image_size=72)
+    i = ds.files.index(bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        image, label = ds[i]
+    assert image.shape == (3, 72, 72) and label == ds.labels[(i + 1) % len(ds)]
+    assert any(str(bad) in str(w.message) and "--strict makes this an error" in str(w.message) for w in caught)
+    strict = load_dataset(str(root), "train", image_size=72, strict=True)
+    with pytest.raises(MobilenetsError, match="cannot read image"):
+        strict[strict.files.index(bad)]
+
+
+def test_an_unreadable_class_folder_says_permission_denied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mobilenets.data.datasets import load_dataset
+
+    root = _photos(tmp_path / "photos", size=28)
+    locked = root / "train" / "dog"
+    locked.chmod(0)
+    try:
+        if os.geteuid() == 0:  # root enters anything: make this one folder closed to it
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode, **k: Path(p) != locked and real(p, mode, **k))
+        with pytest.raises(MobilenetsError, match=f"permission denied: cannot read class folder {locked}$"):
+            load_dataset(str(root), "train")
+    finally:
+        locked.chmod(0o755)

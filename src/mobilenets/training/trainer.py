@@ -31,6 +31,7 @@ from .evaluate import evaluate
 from .meter import EpochMeter
 from .optim import make_ema, make_optimizer, make_scheduler, step_schedule
 from .plots import plot_curves
+from .runlock import run_lock
 from .precision import PRECISION_TRIAL_STEPS, autocast_dtype, choose_cpu_precision, resolve_device, resolve_precision
 from .qat import calibrate, load_range_state, prepare_qat
 from .recipes import QAT_CALIBRATION_IMAGES
@@ -488,7 +489,8 @@ def train(config: TrainConfig) -> TrainResult:
     gloo on CPUs) and trains with DistributedDataParallel; only rank 0 writes files.
     """
     rank, world_size = world()
-    if world_size == 1:
-        return Trainer(config).fit()
-    with process_group(config.device):
-        return Trainer(config, rank=rank, world_size=world_size).fit()
+    with run_lock(Path(config.out), take=rank == 0):  # one run per --out at a time
+        if world_size == 1:
+            return Trainer(config).fit()
+        with process_group(config.device):
+            return Trainer(config, rank=rank, world_size=world_size).fit()
