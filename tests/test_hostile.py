@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -340,3 +341,98 @@ def test_an_unreadable_class_folder_says_permission_denied(tmp_path: Path, monke
             load_dataset(str(root), "train")
     finally:
         locked.chmod(0o755)
+
+
+# --------------------------------------------------------------------------- fuzzing the validators
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    leaves = (st.sampled_from([0, 1, 3, 8, 32, 1024, 1025, 0.5, 2.5, 3.0, 1e-300, "3", "fp32", "auto", "sgd"])
+              | st.none() | st.booleans() | st.integers(-2 ** 70, 2 ** 70) | st.floats() | st.text(max_size=8))
+    return st.recursive(leaves, lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+                        max_leaves=8)
+
+
+def test_fuzz_checkpoint_metadata_validation_is_an_error_or_a_usable_model() -> None:
+    """Any JSON in a checkpoint's ``preprocessing``, ``classes`` or ``holdout``: the shared
+    validators either refuse it with a MobilenetsError or pass values every later step uses."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from mobilenets.io.checkpoint import check_meta_fields, check_meta_fits_model
+
+    model = create_model("mobilenet_v3_small", width_mult=0.25, num_classes=3, in_chans=1, small_input=True)
+    pre = st.fixed_dictionaries({}, optional={k: _json_values() | st.just(v) for k, v in PRE.items()})
+    field = st.sampled_from(["preprocessing", "classes", "holdout"])
+
+    @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(field, pre | _json_values())
+    def check(name: str, value) -> None:
+        meta = {"model": "mobilenet_v3_small", name: value}
+        try:
+            check_meta_fields(meta, "f")
+            check_meta_fits_model(meta, model, "f")
+        except MobilenetsError:
+            return
+        if name == "preprocessing" and value is not None:
+            p = {"channels": 1, **value}
+            assert p["channels"] == 1 and 8 <= p.get("input_size", 8) <= 1024
+            assert all(x != 0 for x in p.get("std", [1.0]))
+
+    check()
+
+
+def test_fuzz_config_json_validation_is_an_error_or_a_valid_config(tmp_path: Path) -> None:
+    """Any JSON value for any field of a saved run's config.json: ``--resume`` either refuses
+    it with a MobilenetsError (one ``error:`` line) or gets a configuration that validates."""
+    from dataclasses import asdict, fields
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from mobilenets.training import TrainConfig
+    from mobilenets.training.config import read_saved_config
+
+    run = _saved_run(tmp_path)
+    base = json.loads((run / "config.json").read_text())
+    numeric = ["epochs", "batch_size", "seed", "workers", "accum_steps", "no_aug_epochs", "world_size"]
+    names = st.sampled_from(numeric) | st.sampled_from([f.name for f in fields(TrainConfig)])
+
+    @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.dictionaries(names, _json_values(), min_size=1, max_size=3))
+    def check(edits: dict) -> None:
+        (run / "config.json").write_text(json.dumps({**base, **edits}))
+        try:
+            config, world_size = read_saved_config(run)
+        except MobilenetsError:
+            return
+        config.validate()
+        for name in ("epochs", "batch_size", "seed", "workers", "accum_steps", "no_aug_epochs"):
+            value = getattr(config, name)
+            assert isinstance(value, int) and not isinstance(value, bool), (name, value)
+        assert isinstance(world_size, int) and world_size >= 1
+        assert asdict(config).keys() == {f.name for f in fields(TrainConfig)}
+
+    check()
+
+
+def test_a_distributed_run_reports_a_workers_error_once(tmp_path: Path) -> None:
+    """Every worker meets the bad class folder; the launcher prints the first failure's own
+    message as its one line: no line per rank, no torchrun log lines, no ChildFailedError."""
+    import subprocess
+    import sys
+
+    from datagen import make_image_folder
+
+    root = make_image_folder(tmp_path / "photos", n_per_class=2, size=28)
+    (root / "empty").mkdir()  # passes the launcher's preflight, fails in every worker
+    proc = subprocess.run([sys.executable, "-m", "mobilenets", "train", "--data", str(root), "--out",
+                           str(tmp_path / "r"), "--nproc-per-node", "2"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.sub(r"on rank \d", "on rank N", lines[0]) == (
+        f"error: distributed training failed on rank N: class folder {root / 'empty'} has no images "
+        "(.bmp, .gif, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp); torchrun ended the other "
+        f"workers, and the last good checkpoint in {tmp_path / 'r'} is intact"), proc.stderr
