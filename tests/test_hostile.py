@@ -436,3 +436,52 @@ def test_a_distributed_run_reports_a_workers_error_once(tmp_path: Path) -> None:
         f"error: distributed training failed on rank N: class folder {root / 'empty'} has no images "
         "(.bmp, .gif, .jpeg, .jpg, .pgm, .png, .ppm, .tif, .tiff, .webp); torchrun ended the other "
         f"workers, and the last good checkpoint in {tmp_path / 'r'} is intact"), proc.stderr
+
+
+# --------------------------------------------------------------------------- the README
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+#: README commands that need no data, files or network: run as written.
+QUICK = ("models", "summary", "weights")
+
+
+def _readme_commands() -> list[list[str]]:
+    """Every concrete ``mobilenets ...`` command line in the README (tables and code blocks)."""
+    import shlex
+
+    text = README.read_text()
+    found = re.findall(r"`mobilenets ([^`]+)`", text) + re.findall(r"^mobilenets (.+?)(?:\s+#.*)?$", text, re.M)
+    commands = []
+    for cmd in found:
+        cmd = re.sub(r"\s*\[[^\]]*\]", "", cmd)  # optional parts: [--int8 ...]
+        if "..." in cmd or cmd.split()[0].isupper():  # placeholders: `mobilenets --debug ...`
+            continue
+        commands.append(shlex.split(cmd))
+    return commands
+
+
+def test_the_readme_commands_parse_and_the_quick_ones_run_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    from mobilenets.cli.parser import build_parser
+
+    commands = _readme_commands()
+    assert len(commands) >= 10 and ["demo"] in commands
+    for argv in commands:
+        build_parser().parse_args(argv)  # a UsageError (stale option, renamed command) fails here
+    quick = [argv for argv in commands if argv[0] in QUICK]
+    assert {argv[0] for argv in quick} == set(QUICK)
+    for argv in quick:
+        assert main(argv) == 0, (argv, capsys.readouterr().err)
+        assert capsys.readouterr().out.strip()
+
+
+def test_docs_predict_an_exported_file_only_after_exporting_it() -> None:
+    """A code block that predicts with ``X.onnx`` first exports the checkpoint that makes it."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    for path in [README, *docs.glob("*.md")]:
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"mobilenets predict (\S+)\.onnx", line.strip())
+            if m:
+                before = "\n".join(lines[:i])
+                stem = m[1].removesuffix(".int8")  # export --int8 writes X.int8.onnx
+                assert f"mobilenets export {stem}.safetensors" in before, f"{path.name}:{i + 1}"
