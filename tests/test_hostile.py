@@ -485,3 +485,30 @@ def test_docs_predict_an_exported_file_only_after_exporting_it() -> None:
                 before = "\n".join(lines[:i])
                 stem = m[1].removesuffix(".int8")  # export --int8 writes X.int8.onnx
                 assert f"mobilenets export {stem}.safetensors" in before, f"{path.name}:{i + 1}"
+
+
+def test_a_lock_file_planted_as_a_link_is_refused_not_followed(tmp_path: Path) -> None:
+    """Found while adding the lock: opening ``.lock`` for writing would follow a symbolic
+    link and truncate whatever it points to."""
+    from mobilenets.training.runlock import run_lock
+
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".lock").symlink_to(victim)
+    with pytest.raises(MobilenetsError, match="is a symbolic link, not a lock file"):
+        with run_lock(out):
+            pass
+    assert victim.read_text() == "keep me"
+
+
+def test_error_lines_escape_names_an_attacker_chose(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found with the class-name escaping: error messages quote folder and file names too, and
+    a folder named with a newline and an escape sequence forged a second ``error:`` line."""
+    from datagen import make_image_folder
+
+    root = make_image_folder(tmp_path / "photos", n_per_class=2, size=28)
+    (root / "x\x1b[2J\nerror: all good").mkdir()
+    line = cli_error(capsys, ["train", "--data", str(root), "--out", str(tmp_path / "r")])
+    assert "x\\x1b[2J\\nerror: all good has no images" in line

@@ -20,6 +20,7 @@ from typing import TextIO
 from ..errors import MobilenetsError
 from . import deploy, models, paper, train, weights
 from .parser import build_parser
+from .text import printable
 from .torchrun import report_worker_error
 
 Handler = Callable[[argparse.Namespace], int]
@@ -88,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except MobilenetsError as e:  # a UsageError: one line, no usage block
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     args.argv = argv  # `train --nproc-per-node` re-runs the command line under torchrun
     if not args.command:
@@ -100,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MobilenetsError as e:
         if args.debug:
             traceback.print_exc()
-        if report_worker_error(str(e)):  # a torchrun worker: once, for all of them
-            print(f"error: {e}", file=sys.stderr)
+        if report_worker_error(printable(e)):  # a torchrun worker: once, for all of them
+            # escaped: the message can quote file and folder names an attacker chose
+            print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -38,8 +38,12 @@ def run_lock(run_dir: Path, take: bool = True) -> Iterator[None]:
         raise MobilenetsError(f"cannot create the output directory {run_dir}: "
                               f"{e.strerror or e}; choose another --out") from e
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+        # O_NOFOLLOW: a ``.lock`` planted as a link to another file must not get truncated.
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
     except OSError as e:
+        if (run_dir / LOCK_NAME).is_symlink():
+            raise MobilenetsError(f"{run_dir / LOCK_NAME} is a symbolic link, not a lock file; "
+                                  "remove it or choose another --out") from e
         raise MobilenetsError(f"output directory {run_dir} is not writable: {e.strerror or e}") from e
     try:
         try:
