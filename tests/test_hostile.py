@@ -512,3 +512,22 @@ def test_error_lines_escape_names_an_attacker_chose(tmp_path: Path, capsys: pyte
     (root / "x\x1b[2J\nerror: all good").mkdir()
     line = cli_error(capsys, ["train", "--data", str(root), "--out", str(tmp_path / "r")])
     assert "x\\x1b[2J\\nerror: all good has no images" in line
+
+
+def test_a_resumed_auto_run_keeps_the_precision_it_ran_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--precision auto`` timed bf16 faster for epoch 1; after --resume the timing would
+    now favour fp32, and the run still continues in bf16 without timing again."""
+    import mobilenets.training.precision as precision_module
+    from datagen import make_idx_dir
+    from mobilenets.training import TrainConfig, Trainer, train
+
+    data = make_idx_dir(tmp_path / "data", n_train=32, n_test=16)
+    monkeypatch.setattr(precision_module, "bf16_supported", lambda: True)
+    monkeypatch.setattr(precision_module, "time_precisions", lambda *a: {"fp32": 1.0, "bf16": 0.5})
+    out = tmp_path / "run"
+    first = train(TrainConfig(model_kwargs={"width_mult": 0.25}, data=str(data), out=str(out), epochs=2,
+                              batch_size=16, max_steps=1, stop_after_epoch=1, progress=False, workers=0))
+    assert first.epochs_done == 1 and first.precision == "bf16"
+    monkeypatch.setattr(precision_module, "time_precisions", lambda *a: pytest.fail("timed again on resume"))
+    trainer = Trainer(TrainConfig(out=str(out), resume=True, progress=False))
+    assert trainer.precision == "bf16" and trainer.precision_trial is None
