@@ -4,9 +4,14 @@ and :mod:`mobilenets.deploy.bench`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import logging
 import math
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -30,6 +35,24 @@ def run_export(args: argparse.Namespace) -> int:
     for extra in result.files[1:]:
         print(f"metadata -> {extra}")
     return 0
+
+
+@contextlib.contextmanager
+def _third_party_quiet(verbose: bool) -> Iterator[None]:
+    """Inductor writes its autotune tables straight to ``sys.stderr`` and torch warns about
+    its own deprecated calls: without ``--verbose`` both go to the ``mobilenets`` logger
+    (DEBUG), not the user's terminal. Our own progress lines keep the real stderr."""
+    if verbose:
+        yield
+        return
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(torch|onnx|onnxruntime|onnxscript)(\.|$)")
+            yield
+    finally:
+        if buffer.getvalue():
+            logging.getLogger("mobilenets").debug("bench, third-party output:\n%s", buffer.getvalue())
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -74,9 +97,15 @@ def run_bench(args: argparse.Namespace) -> int:
         raise MobilenetsError(f"--threads must be >= 1, got {args.threads}")
     model, default_resolution = _bench_model(args.model, args)
     resolution = default_resolution if args.resolution is None else args.resolution
-    report = benchmark(model, batches=batches, resolution=resolution,
-                       backends=backends, threads=args.threads, seconds=args.seconds,
-                       reuse_memory=args.reuse_memory,
-                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    err = sys.stderr  # our progress lines; what third parties write goes elsewhere
+    with _third_party_quiet(args.verbose):
+        report = benchmark(model, batches=batches, resolution=resolution,
+                           backends=backends, threads=args.threads, seconds=args.seconds,
+                           reuse_memory=args.reuse_memory,
+                           log=lambda msg: print(msg, file=err, flush=True))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    failed = [r for r in report.results if r.median_ms is None]
+    if failed and len(failed) == len(report.results):  # nothing was timed: not a result
+        raise MobilenetsError(f"no backend ran at any batch size ({failed[0].backend}, batch "
+                              f"{failed[0].batch}: {failed[0].note})")
     return 0

@@ -20,6 +20,8 @@ from typing import TextIO
 from ..errors import MobilenetsError
 from . import deploy, models, paper, serve, train, weights
 from .parser import build_parser
+from .text import printable
+from .torchrun import report_worker_error
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -85,7 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; the exit status: 0 done, 2 a user error, 130 interrupted."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except MobilenetsError as e:  # a UsageError: one line, no usage block
+        print(f"error: {printable(e)}", file=sys.stderr)
+        return 2
     args.argv = argv  # `train --nproc-per-node` re-runs the command line under torchrun
     if not args.command:
         parser.print_help()
@@ -96,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MobilenetsError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        if report_worker_error(printable(e)):  # a torchrun worker: once, for all of them
+            # escaped: the message can quote file and folder names an attacker chose
+            print(f"error: {printable(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

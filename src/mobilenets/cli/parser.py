@@ -12,6 +12,7 @@ from ..analysis.paper import TOPICS
 from ..deploy.bench import BACKENDS, DEFAULT_BACKENDS
 from ..deploy.export import FORMATS
 from ..training.recipes import RECIPES
+from .arguments import Parser
 from .options import add_model_options, add_reuse_memory_option
 
 #: The demo's schedule: 6-10 minutes on 2 CPU cores for ~91% test top-1 (README: Results).
@@ -22,7 +23,7 @@ _Commands = argparse._SubParsersAction
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``mobilenets`` parser; ``args.command`` names the chosen sub-command."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mobilenets",
         description="MobileNet V1/V2/V3: build, profile, convert, train, evaluate, predict.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")

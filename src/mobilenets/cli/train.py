@@ -22,8 +22,9 @@ from ..io.artifact import EXTENSIONS, load_artifact
 from ..io.checkpoint import load_model
 from ..training import EvalResult, TrainConfig, TrainingInterrupted, evaluate, preflight, train
 from .confusion import MAX_TEXT_CONFUSION, format_confusion, plot_confusion
-from . import weights
+from . import torchrun, weights
 from .options import model_kwargs_from_args, reuse_memory
+from .text import printable
 
 #: ``train`` options whose ``None`` means "the recipe's value".
 _RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup", "label_smoothing",
@@ -63,8 +64,6 @@ def _worker_argv(argv: list[str]) -> list[str]:
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
     """Re-run this very command under torchrun with ``--nproc-per-node`` processes."""
-    from torch.distributed.run import main as torchrun  # the launcher only: spares every other command its import
-
     if args.nproc_per_node < 1:
         raise MobilenetsError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
     preflight(_config_from_args(args))
@@ -77,12 +76,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
             launch += ["--node-rank", str(args.node_rank)]
     else:
         launch += ["--standalone"]
-    try:
-        torchrun(launch + ["-m", "mobilenets", *_worker_argv(args.argv)])
-    except Exception as e:  # noqa: BLE001 - torchrun raises ChildFailedError with the worker's log
-        raise MobilenetsError("distributed training failed: a worker stopped with an error (printed "
-                              "above) and torchrun ended the others; the last good checkpoint in "
-                              f"{args.out} is intact") from e
+    torchrun.launch(launch + ["-m", "mobilenets", *_worker_argv(args.argv)], args.out)
     return 0
 
 
@@ -178,13 +172,14 @@ def _print_eval(args: argparse.Namespace, res: EvalResult, png: Path | None) -> 
     bf16 = ", bf16 weights and activations" if args.precision == "bf16" else ""
     print(f"{args.checkpoint} on {args.data} ({args.split}, {res.count} images{tta}{bf16})")
     print(f"top-1 {res.top1:.4f}   top-5 {res.top5:.4f}   loss {res.loss:.4f}\n")
-    width = max(len(c) for c in res.classes)
+    classes = [printable(c) for c in res.classes]  # names from an untrusted file or folder
+    width = max(len(c) for c in classes)
     print(f"{'class':{width}s}  accuracy")
-    for c, a in zip(res.classes, res.per_class):
+    for c, a in zip(classes, res.per_class):
         print(f"{c:{width}s}  {'-  (no images)' if a is None else f'{a:.4f}'}")
-    if len(res.classes) <= MAX_TEXT_CONFUSION:
+    if len(classes) <= MAX_TEXT_CONFUSION:
         print("\nconfusion matrix (rows: true class, columns: predicted)")
-        print(format_confusion(res.confusion, res.classes))
+        print(format_confusion(res.confusion, classes))
     else:  # a 100×100 table is 50 KB of text nobody reads in a terminal
         print(f"\nconfusion matrix: {len(res.classes)}×{len(res.classes)}, in the plot and in --json")
     if png:
@@ -265,10 +260,10 @@ def run_predict(args: argparse.Namespace) -> int:
         artifact = load_artifact(args.checkpoint, trust_code=args.trust_code)
         preds = predict_with(artifact.as_module(), artifact.meta, args.images, args.top_k)
     if args.json:
-        print(json.dumps([p.as_dict() for p in preds]))
+        print(json.dumps(_finite([p.as_dict() for p in preds]), allow_nan=False))  # NaN is not JSON
         return 0
     for p in preds:
-        print(f"{p.path}: " + ", ".join(f"{c} {prob:.3f}" for c, prob in p.top))
+        print(f"{printable(p.path)}: " + ", ".join(f"{printable(c)} {prob:.3f}" for c, prob in p.top))
     return 0
 
 
@@ -293,7 +288,7 @@ def run_demo(args: argparse.Namespace) -> int:
     paths = _save_samples(test, out / "samples")
     print("\npredictions (file name = true class):")
     for p in predict_files(model, meta, paths, top_k=2):
-        print(f"  {Path(p.path).name}: " + ", ".join(f"{c} {prob:.2f}" for c, prob in p.top))
+        print(f"  {Path(p.path).name}: " + ", ".join(f"{printable(c)} {prob:.2f}" for c, prob in p.top))
     return 0
 
 

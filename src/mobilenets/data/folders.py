@@ -6,8 +6,11 @@ Bad input in image folders:
   warning that counts them, or are an error naming the first one with ``strict=True``
   (``--strict``). Small-image folders (materialised) decode every file up front; for large
   ("photo") folders every file's header is opened at scan time (cheap, no decoding), and a
-  file whose header is fine but whose data is broken stops training or evaluation with an
-  error naming it when it is first decoded;
+  file whose header is fine but whose data is broken is found when it is first decoded:
+  the same policy then, one warning naming it and the next readable image of the folder in
+  its place (the epoch keeps its length, so steps and resumes stay exact), or with
+  ``strict`` an error naming it;
+* a class folder this user may not read is "permission denied" with its path;
 * images smaller than the crop (``image_size``) are upscaled (bilinear) and counted in a
   warning, never refused: a few small photos in a folder are common and harmless, and
   ``mobilenets predict`` treats any size the same way.
@@ -57,6 +60,7 @@ class ImageFolder(Dataset):
     source: str = ""
     kind: str = "photo"
     seed: int = 0
+    strict: bool = False  # a file that fails to decode: an error, not replaced by the next one
     _epoch: int = field(default=0, repr=False)
     _augment: bool = field(default=True, repr=False)
 
@@ -69,12 +73,28 @@ class ImageFolder(Dataset):
         self._epoch, self._augment = epoch, augment
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = load_image(self.files[i], self.channels)
+        i, img = self._decode(i)
         if self.train and self._augment and self.kind == "photo":
             img = self._random_resized_crop(img, i)
         else:
             img = resize_center_crop(img, self.image_size)
         return to_uint8_tensor(img), self.labels[i]
+
+    def _decode(self, i: int) -> tuple[int, PILImage]:
+        """Image ``i``, or (not ``strict``) the next readable one in its place, with a warning."""
+        for k in range(min(len(self.files), 16)):
+            j = (i + k) % len(self.files)
+            try:
+                img = load_image(self.files[j], self.channels)
+            except MobilenetsError as e:
+                if self.strict:
+                    raise
+                warnings.warn(f"skipped an unreadable image: {e}; the next image of {self.source} "
+                              "takes its place (--strict makes this an error)", stacklevel=2)
+                continue
+            return j, img
+        raise MobilenetsError(f"{self.source}: 16 images in a row from {self.files[i]} cannot be "
+                              "decoded; the folder is damaged")
 
     def _random_resized_crop(self, img: PILImage, i: int) -> PILImage:
         """Seeded by (seed, epoch, index), so a resumed run crops the same way."""
@@ -98,11 +118,15 @@ def scan_image_folder(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """Files and labels of ``root/<class>/*``; every class folder must hold images."""
     if not root.is_dir():
         raise MobilenetsError(f"data directory not found: {root}")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise MobilenetsError(f"permission denied: cannot read data directory {root}")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise MobilenetsError(f"{root} has no class folders; expected {root}/<class>/<image files>")
     files, labels = [], []
     for label, name in enumerate(classes):
+        if not os.access(root / name, os.R_OK | os.X_OK):  # rglob would find nothing, silently
+            raise MobilenetsError(f"permission denied: cannot read class folder {root / name}")
         found = sorted(p for p in (root / name).rglob("*")  # nothing hidden: ._name, .ipynb_checkpoints/
                        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                        and not any(part.startswith(".") for part in p.relative_to(root / name).parts))
@@ -161,7 +185,8 @@ def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | 
     check_image_size(image_size)
     train = split == "train" if augment is None else augment
     ds = ImageFolder(files, labels, found_classes, image_size, channels, train=train,
-                     source=str(where), kind="photo" if image_size > 64 else "small", seed=seed)
+                     source=str(where), kind="photo" if image_size > 64 else "small", seed=seed,
+                     strict=strict)
     if image_size <= 64:
         return _materialize(ds, strict)
     return _check_headers(ds, strict)

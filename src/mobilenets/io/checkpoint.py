@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_save
 
+from ..data.images import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..errors import MobilenetsError, did_you_mean
 from ..models.registry import check_options, create_model, list_models
 
@@ -121,13 +122,19 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     """The checkpoint file ``path`` names: itself, or for a run directory its best (then
     model, then last) checkpoint."""
     path = Path(path)
-    if not path.exists():
+    try:
+        found = path.exists()
+    except PermissionError as e:  # a folder on the way that this user may not enter
+        raise MobilenetsError(f"permission denied: cannot read checkpoint {path}") from e
+    if not found:
         raise MobilenetsError(f"checkpoint not found: {path}")
     if path.is_dir():
         for candidate in ("best.safetensors", "model.safetensors", "last.safetensors"):
             if (path / candidate).is_file():
                 return path / candidate
         raise MobilenetsError(f"{path} is a directory without best/model/last.safetensors")
+    if not os.access(path, os.R_OK):  # safetensors reports EACCES as "No such file or directory"
+        raise MobilenetsError(f"permission denied: cannot read checkpoint {path}")
     return path
 
 
@@ -190,10 +197,10 @@ def check_meta_fields(meta: dict[str, Any], path: str | os.PathLike) -> None:
     if not isinstance(pre, dict):
         problem = f"must be a mapping, got {_short(pre)}"
     else:
-        for key, hi in (("input_size", 16384), ("channels", 4096)):
-            v = pre.get(key, 1)
-            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
-                problem = f"{key} must be an integer in 1..{hi}, got {_short(v)}"
+        for key, lo, hi in (("input_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), ("channels", 1, 4096)):
+            v = pre.get(key, lo)  # input_size: the bounds training has (--image-size)
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                problem = f"{key} must be an integer in {lo}..{hi}, got {_short(v)}"
         for key in ("mean", "std"):
             v = pre.get(key, [1.0])
             if not isinstance(v, list) or not v or not all(_is_number(x) for x in v) \
@@ -232,6 +239,7 @@ def load_model(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]
     tensors = model_weights(tensors)
     model = build_checked(meta["model"], meta.get("model_kwargs", {}), tensors, source=str(path))
     load_state(model, tensors, source=str(path))
+    check_meta_fits_model(meta, model, str(path))
     classes = meta.get("classes")
     if classes is not None and len(classes) != model.num_classes:
         raise MobilenetsError(f"{path}: metadata names {len(classes)} classes but the model has "
@@ -260,8 +268,11 @@ def build_checked(name: str, kwargs: dict[str, Any], tensors: dict[str, torch.Te
 
 
 def load_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
-    """``load_state_dict`` with one clear error naming the first offending tensors."""
+    """``load_state_dict`` with one clear error naming the first offending tensors: names,
+    shapes, kinds (integers into float weights) and values (NaN/Inf)."""
     _check_fit(model, tensors, source)
+    check_tensor_kinds(model.state_dict(), tensors, source)
+    check_finite(tensors, source)
     try:
         model.load_state_dict(tensors)
     except RuntimeError as e:  # e.g. a tensor of a dtype that cannot be copied (complex)
@@ -285,3 +296,47 @@ def _check_fit(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source:
     if problems:
         raise MobilenetsError(f"{source} does not fit {getattr(model, 'model_name', 'the model')}: "
                               + "; ".join(problems))
+
+
+def check_tensor_kinds(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a file tensor of another kind than the model's (integers or booleans for float
+    weights, floats for a counter, complex anywhere): ``load_state_dict`` would cast it
+    silently, and integer weights mean the file is not what it claims to be."""
+    def kind(t: torch.Tensor) -> str:
+        return "complex" if t.is_complex() else "float" if t.is_floating_point() else "integer"
+
+    wrong = [f"{k} ({tensors[k].dtype} for {v.dtype})" for k, v in own.items()
+             if k in tensors and kind(tensors[k]) != kind(v)]
+    if wrong:
+        raise MobilenetsError(f"{source}: tensors of the wrong kind (file for model): {', '.join(wrong[:3])}"
+                              + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+                              + "; the file is corrupt or not a checkpoint of this model")
+
+
+def check_finite(tensors: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or Inf, naming the first such tensor: such a model loads
+    and predicts ``nan`` for every image, silently wrong."""
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise MobilenetsError(f"{source}: tensor {name} holds {bad} non-finite value"
+                                  f"{'s' if bad > 1 else ''} (NaN or Inf) of {t.numel()}; the "
+                                  "weights are broken (a diverged run or a corrupt file)")
+
+
+def stem_channels(model: torch.nn.Module) -> int | None:
+    """Input channels of the model's first convolution: what its inputs must have."""
+    conv = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return None if conv is None else conv.in_channels
+
+
+def check_meta_fits_model(meta: dict[str, Any], model: torch.nn.Module, source: str) -> None:
+    """Metadata preprocessing against the weights: a file that says 1 channel for a stem
+    that takes 3 would fail later, inside the first convolution, with a raw error."""
+    pre = meta.get("preprocessing")
+    channels = pre.get("channels") if isinstance(pre, dict) else None
+    stem = stem_channels(model)
+    if channels is not None and stem is not None and channels != stem:
+        raise MobilenetsError(f"{source}: metadata preprocessing says {channels} input channel"
+                              f"{'s' if channels != 1 else ''} but the weights' first convolution "
+                              f"takes {stem}; the file is inconsistent")

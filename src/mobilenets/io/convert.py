@@ -24,6 +24,7 @@ import torch
 from ..models.conventions import IMAGENET_MEAN, IMAGENET_STD, TF_MEAN, TF_STD
 from ..errors import MobilenetsError, did_you_mean
 from ..models.registry import check_model_name, create_model, list_models
+from .checkpoint import check_finite
 
 SOURCES = ("torchvision", "timm", "keras")
 
@@ -269,6 +270,9 @@ def _pair(source: str, src: dict[str, torch.Tensor], model: torch.nn.Module) -> 
                 f"{source} tensor #{i} {sk!r} has shape {tuple(sv.shape)}, but {model.model_name} "
                 f"expects {ok!r} with shape {tuple(ov.shape)}: wrong model or options "
                 f"(width_mult, num_classes, minimalistic?)")
+        if t.is_floating_point() != ov.is_floating_point() or t.is_complex():
+            raise MobilenetsError(f"{source} tensor #{i} {sk!r} holds {t.dtype} values where "
+                                  f"{model.model_name} has {ov.dtype} weights ({ok!r}): not weights")
         new_state[ok] = t.to(ov.dtype).clone()
     if len(src_items) != len(own_items):
         if len(src_items) > len(own_items):
@@ -304,6 +308,7 @@ def _convert(source: str, src: dict[str, torch.Tensor], name: str, kwargs: dict[
     _fixed_stem(source, ours, kwargs)
     classes_given = "num_classes" in kwargs
     _infer_shape_kwargs(source, src, kwargs)
+    check_finite(src, f"{source} weights")  # a NaN source would make a NaN checkpoint
     model = create_model(ours, **kwargs)
     if not classes_given and kwargs.get("num_classes") != 0 and _count(model) == _count(src) + 2:
         # Weights saved without a classifier (timm's num_classes=0, Keras include_top=False):

@@ -19,6 +19,10 @@ from ..models.registry import model_options
 from .recipes import RECIPE_BASE, RECIPES, qat_defaults
 
 
+#: More epochs than any run needs: a typo (``--epochs 1000000000000``) is refused up front.
+MAX_EPOCHS = 100_000
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run; ``None`` means "take it from the recipe"."""
@@ -103,7 +107,8 @@ class TrainConfig:
             (self.precision in ("auto", "fp32", "bf16", "fp16"), f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}"),
             (self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"),
             (self.accum_steps >= 1, f"accumulation steps must be >= 1, got {self.accum_steps}"),
-            (self.epochs is not None and self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.epochs is not None and 1 <= self.epochs <= MAX_EPOCHS,
+             f"epochs must be in [1, {MAX_EPOCHS}], got {self.epochs}"),
             (self.batch_size is not None and self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (self.lr is not None and self.lr > 0, f"learning rate must be positive, got {self.lr}"),
             (0 <= (self.label_smoothing or 0) < 1, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
@@ -182,10 +187,38 @@ def read_saved_config(run_dir: Path) -> tuple[TrainConfig, int]:
     try:
         saved = json.loads(path.read_text())
         known = {f.name for f in fields(TrainConfig)}
-        return (TrainConfig(**{k: v for k, v in saved.items() if k in known}),
-                int(saved.get("world_size", 1)))
-    except (json.JSONDecodeError, TypeError, ValueError) as e:
+        values = {k: v for k, v in saved.items() if k in known}
+        world_size = saved.get("world_size", 1)
+        if saved.get("precision") == "auto" and saved.get("precision_used") in ("fp32", "bf16", "fp16"):
+            values["precision"] = saved["precision_used"]  # resume as it ran, not re-timed
+        check_types(values)
+        if not _fits(world_size, "int") or not 1 <= world_size <= 65536:
+            raise MobilenetsError(f"world_size must be an integer in 1..65536, got {world_size!r}")
+        config = TrainConfig(**values)
+        config.validate()
+        return config, world_size
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError, RecursionError) as e:
         raise MobilenetsError(f"{path} is corrupt: {e}") from e
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """``value`` is of the JSON type one part of a field annotation names (no bool for numbers)."""
+    base = annotation.strip().split("[", 1)[0]
+    checks = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "str": lambda v: isinstance(v, str), "bool": lambda v: isinstance(v, bool),
+              "dict": lambda v: isinstance(v, dict), "None": lambda v: v is None}
+    return base not in checks or checks[base](value)
+
+
+def check_types(values: dict[str, Any]) -> None:
+    """Each value of the type its :class:`TrainConfig` field declares: a hand-edited
+    ``config.json`` (``"epochs": "many"``, ``2.5``, ``null``) is refused as the command line
+    would refuse it, not met later as a TypeError or an ``epoch 3/2.5``."""
+    for f in fields(TrainConfig):
+        if f.name in values and not any(_fits(values[f.name], part) for part in str(f.type).split("|")):
+            raise MobilenetsError(f"{f.name} must be {str(f.type).replace('|', 'or')}, "
+                                  f"got {json.dumps(values[f.name])[:60]}")
 
 
 def resumed_config(config: TrainConfig, world_size: int, warn: bool) -> TrainConfig:

@@ -31,6 +31,7 @@ from .evaluate import evaluate
 from .meter import EpochMeter
 from .optim import make_ema, make_optimizer, make_scheduler, step_schedule
 from .plots import plot_curves
+from .runlock import run_lock
 from .precision import PRECISION_TRIAL_STEPS, autocast_dtype, choose_cpu_precision, resolve_device, resolve_precision
 from .qat import calibrate, load_range_state, prepare_qat
 from .recipes import QAT_CALIBRATION_IMAGES
@@ -388,8 +389,9 @@ class Trainer:
         prepare_run_dir(self.run_dir, self.cfg.resume)
         if self.cfg.resume:  # a run killed between its metrics and its checkpoint logged an epoch twice
             write_metrics(self.run_dir, self.history)
-        # "precision" stays as asked (auto re-decides on the machine that resumes); what ran is
-        # recorded beside it. A finished run resumed trains nothing, so its record stays.
+        # "precision" stays as asked; what ran is recorded beside it, and a resumed "auto" run
+        # continues in that precision (read_saved_config). A finished run resumed trains
+        # nothing, so its record stays.
         if record_config:
             write_config(self.run_dir, {**asdict(replace(self.cfg, resume=False)), "world_size": self.world_size,
                                         "precision_used": self.precision,
@@ -487,7 +489,8 @@ def train(config: TrainConfig) -> TrainResult:
     gloo on CPUs) and trains with DistributedDataParallel; only rank 0 writes files.
     """
     rank, world_size = world()
-    if world_size == 1:
-        return Trainer(config).fit()
-    with process_group(config.device):
-        return Trainer(config, rank=rank, world_size=world_size).fit()
+    with run_lock(Path(config.out), take=rank == 0):  # one run per --out at a time
+        if world_size == 1:
+            return Trainer(config).fit()
+        with process_group(config.device):
+            return Trainer(config, rank=rank, world_size=world_size).fit()

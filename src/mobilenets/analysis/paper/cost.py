@@ -17,6 +17,11 @@ from ..profile import profile
 from .common import check_formula, conv_weights
 
 
+#: The largest standard-convolution cost counted: far below int64's 9.2e18, in which torch
+#: counts shapes and elements (``--m 1e11``-sized layers overflowed inside torch).
+MAX_MADDS = 10 ** 18
+
+
 @dataclass
 class LayerCost:
     """A D_K×D_K convolution from M to N channels on a D_F×D_F map, standard vs separable.
@@ -51,9 +56,12 @@ class LayerCost:
 
 def layer_cost(dk: int, m: int, n: int, df: int) -> LayerCost:
     """Measure one standard and one depthwise-separable layer (stride 1, 'same' padding)."""
-    for name, v in (("D_K", dk), ("M", m), ("N", n), ("D_F", df)):
-        if not isinstance(v, int) or v < 1:
-            raise MobilenetsError(f"{name} must be a positive integer, got {v!r}")
+    for name, v, hi in (("D_K", dk, 1024), ("M", m, 10 ** 6), ("N", n, 10 ** 6), ("D_F", df, 10 ** 5)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= hi:
+            raise MobilenetsError(f"{name} must be an integer in 1..{hi}, got {v!r}")
+    if dk * dk * m * n * df * df > MAX_MADDS:  # torch counts in int64: it would overflow
+        raise MobilenetsError(f"a {dk}x{dk} convolution from {m} to {n} channels on {df}x{df} is over "
+                              f"{MAX_MADDS:.0e} MAdds: choose smaller dimensions")
     # On the "meta" device: shapes and counts only, so any size costs no memory.
     with torch.device("meta"), warnings.catch_warnings():
         standard = nn.Conv2d(m, n, dk, padding="same", bias=False)
