@@ -20,7 +20,7 @@ from ..deploy.predict import predict_files, predict_with
 from ..errors import MobilenetsError
 from ..io.artifact import EXTENSIONS, load_artifact
 from ..io.checkpoint import load_model
-from ..training.trainer import EvalResult, TrainConfig, TrainingInterrupted, evaluate, preflight, train
+from ..training import EvalResult, TrainConfig, TrainingInterrupted, evaluate, preflight, train
 from .confusion import MAX_TEXT_CONFUSION, format_confusion, plot_confusion
 from .options import model_kwargs_from_args, reuse_memory
 
