@@ -210,7 +210,7 @@ def test_init_keeps_the_checkpoints_stem(idx_dir: Path, tmp_path: Path) -> None:
 
 def test_init_trains_at_the_checkpoints_input_size_and_channels(idx_dir: Path, tmp_path: Path, capsys) -> None:
     """Fine-tuning (or QAT) continues the model as it was made: at its input size unless
-    --image-size says otherwise, and on images converted to its channels."""
+    --image-size says otherwise; on other channels its stem is adapted to the data's."""
     from datagen import make_image_folder
     from mobilenets import create_model
     from mobilenets.io.checkpoint import save_model
@@ -234,10 +234,11 @@ def test_init_trains_at_the_checkpoints_input_size_and_channels(idx_dir: Path, t
                classes=["cat", "dog", "fox"])
     cfg = _cfg(gray, tmp_path / "g", epochs=2, stop_after_epoch=1, max_steps=1, batch_size=8, init=str(rgb),
                model_kwargs={})
-    first = Trainer(cfg)
-    assert first.channels == 3 and first.train_set[0][0].shape[0] == 3
+    first = Trainer(cfg)  # grey data, RGB checkpoint: the stem is adapted (issue 28), not the images
+    assert first.channels == 1 and first.train_set[0][0].shape[0] == 1
+    assert first.model.features[0].conv.weight.shape[1] == 1
     first.fit()
-    assert Trainer(_cfg(gray, tmp_path / "g", resume=True)).channels == 3  # and on resume
+    assert Trainer(_cfg(gray, tmp_path / "g", resume=True)).channels == 1  # and on resume
     capsys.readouterr()
 
 

@@ -110,9 +110,22 @@ def _add_train(sub: _Commands) -> None:
                         "no faster on the CPUs measured, README: Results)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
     p.add_argument("--init", metavar="CHECKPOINT",
-                   help="start from this checkpoint's weights (model and options come from it)")
+                   help="start from this checkpoint's weights (model and options come from it; a new "
+                        "classifier for other classes, the stem adapted to other channels)")
     p.add_argument("--qat", action="store_true",
                    help="quantization-aware fine-tuning of --init for int8 export (README: Deployment)")
+    t = p.add_argument_group("transfer learning (docs/training.md: Transfer learning)")
+    t.add_argument("--freeze", metavar="backbone|stages:N|none",
+                   help="keep these layers frozen: no gradient, BatchNorm statistics unchanged (default none)")
+    t.add_argument("--linear-probe", action="store_true", help="train the classifier alone")
+    t.add_argument("--head-epochs", type=int,
+                   help="train the head alone for the first N epochs (--recipe finetune: 2)")
+    t.add_argument("--head-lr", type=float, help="learning rate while the head trains alone (default --lr)")
+    t.add_argument("--layer-decay", type=float, metavar="F",
+                   help="layer-wise learning-rate decay: each stage below the head gets F times the next's")
+    t.add_argument("--no-precise-bn", dest="precise_bn", action="store_false",
+                   help="keep the running BatchNorm statistics instead of recomputing them with the "
+                        "current weights before each validation and save")
     p.add_argument("--max-steps", type=int, help="at most this many steps per epoch (smoke tests)")
     p.add_argument("--stop-after-epoch", type=int, help="stop resumably after this epoch")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",

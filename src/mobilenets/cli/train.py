@@ -29,7 +29,7 @@ from .text import printable
 #: ``train`` options whose ``None`` means "the recipe's value".
 _RECIPE_OVERRIDES = ("epochs", "batch_size", "lr", "optimizer", "schedule", "warmup", "label_smoothing",
                      "ema", "weight_decay", "erasing", "no_aug_epochs", "image_size", "val_fraction",
-                     "max_steps", "stop_after_epoch")
+                     "max_steps", "stop_after_epoch", "freeze", "head_epochs", "head_lr", "layer_decay")
 
 
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -40,7 +40,8 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
                        out=args.out, recipe=args.recipe, workers=args.workers, seed=args.seed,
                        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
                        reuse_memory=args.reuse_memory,
-                       resume=args.resume, strict=args.strict, init=args.init, qat=args.qat, **given)
+                       resume=args.resume, strict=args.strict, init=args.init, qat=args.qat,
+                       linear_probe=args.linear_probe, precise_bn=args.precise_bn, **given)
 
 
 #: ``train`` flags that torchrun consumes; the workers must not see them (they would launch again).

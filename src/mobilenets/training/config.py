@@ -16,6 +16,7 @@ from ..data.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..errors import MobilenetsError, did_you_mean
 from ..io.checkpoint import check_model_kwargs, read_checkpoint
 from ..models.registry import model_options
+from .freeze import FREEZE_CHOICES, check_freeze_spec
 from .recipes import RECIPE_BASE, RECIPES, qat_defaults
 
 
@@ -65,6 +66,12 @@ class TrainConfig:
     stop_after_epoch: int | None = None  # stop resumably after this epoch (job time limits)
     init: str | None = None  # start from this checkpoint's weights; its model and options win
     qat: bool = False  # quantization-aware fine-tuning of ``init`` (see mobilenets.training.qat)
+    freeze: str | None = None  # backbone | stages:N | none (see mobilenets.training.freeze)
+    linear_probe: bool = False  # train the classifier alone (the backbone and V3's head.fc frozen)
+    head_epochs: int | None = None  # first epochs train the head alone (the finetune recipe's phase)
+    head_lr: float | None = None  # learning rate while the head trains alone; None: lr
+    layer_decay: float | None = None  # layer-wise LR decay: stage s gets lr × F^(stages - s)
+    precise_bn: bool = True  # recompute BN statistics before each validation and save
     progress: bool | None = None  # None: a bar on a terminal, log lines otherwise
 
     def resolved(self) -> "TrainConfig":
@@ -85,13 +92,14 @@ class TrainConfig:
                 values[k] = v
         if values["ema"] == 0:  # given as 0: off, even where the recipe averages
             values["ema"] = None
+        _resolve_phases(values, head_epochs_given=self.head_epochs is not None)
         cfg = TrainConfig(**values)
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
         """Every value in range, as one clear error (the CLI prints it without a traceback)."""
-        for name in ("lr", "weight_decay", "warmup", "label_smoothing", "ema", "erasing", "val_fraction",
+        for name in ("lr", "head_lr", "layer_decay", "weight_decay", "warmup", "label_smoothing", "ema", "erasing", "val_fraction",
                      "momentum", "gamma", "step_epochs"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
@@ -130,9 +138,32 @@ class TrainConfig:
                                           "would not see the int8 rounding); leave --ema off"),
             ((self.weight_decay or 0) >= 0, f"weight decay must be >= 0, got {self.weight_decay}"),
             (0 <= (self.erasing or 0) <= 1, f"random-erasing probability must be in [0, 1], got {self.erasing}"),
+            (self.freeze is None or check_freeze_spec(self.freeze),
+             f"--freeze must be {FREEZE_CHOICES}, got {self.freeze!r}"),
+            (not (self.linear_probe and self.freeze not in (None, "backbone")),
+             f"--linear-probe freezes the whole backbone; it does not combine with --freeze {self.freeze}"),
+            (0 <= (self.head_epochs or 0) < (self.epochs or 0) or not self.head_epochs,
+             f"head-only epochs must be in [0, epochs = {self.epochs}), got {self.head_epochs}"),
+            (self.head_lr is None or self.head_lr > 0, f"head learning rate must be positive, got {self.head_lr}"),
+            (self.layer_decay is None or 0 < self.layer_decay <= 1,
+             f"layer decay must be in (0, 1], got {self.layer_decay}"),
             (0 <= self.no_aug_epochs <= (self.epochs or 0),
              f"no-augmentation epochs must be in [0, epochs = {self.epochs}], got {self.no_aug_epochs}"),
         ]
+
+
+def _resolve_phases(values: dict[str, Any], head_epochs_given: bool) -> None:
+    """``--linear-probe`` is ``--freeze backbone`` of everything but the classifier, and a
+    frozen backbone has no head-only phase; the recipe's phase is shortened to leave at
+    least one whole-network epoch when ``--epochs`` is small (not a value the user gave)."""
+    if values["linear_probe"]:
+        values["freeze"] = values["freeze"] or "backbone"
+    values["freeze"] = values["freeze"] or "none"
+    if values["freeze"] == "backbone":
+        values["head_epochs"] = 0
+    elif not head_epochs_given and values["epochs"] is not None and values["epochs"] >= 1:
+        values["head_epochs"] = min(values["head_epochs"] or 0, values["epochs"] - 1)
+    values["head_epochs"] = values["head_epochs"] or 0
 
 
 #: Model options that may differ from an ``--init`` checkpoint's: they change training, not

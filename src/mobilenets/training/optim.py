@@ -13,22 +13,15 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
 from .config import TrainConfig
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on convolution and linear weights only, not on BN parameters or biases."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+from .freeze import param_groups
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD/AdamW use PyTorch's fused kernels (one pass over all parameters, CPU and CUDA);
     RMSProp, which has none, the multi-tensor ``foreach`` path."""
-    groups = param_groups(model, cfg.weight_decay)
+    # Parameters that only the head-only phase freezes are in the optimizer from the start
+    # (without gradients they are not stepped), so that its state has one shape all run.
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, include_frozen=bool(cfg.head_epochs))
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, fused=True)
     if cfg.optimizer == "rmsprop":
@@ -40,13 +33,26 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rate at global ``step`` (linear warm-up, then the schedule)."""
+    """Multiplier of the base learning rate at global ``step``: during a head-only phase
+    (``head_epochs``) the constant ``head_lr / lr``; then linear warm-up and the schedule,
+    over the epochs after that phase. A run whose backbone is frozen throughout
+    (``--linear-probe``) trains its head at ``head_lr`` on the schedule."""
+    head = cfg.head_epochs or 0
+    head_scale = (cfg.head_lr or cfg.lr) / cfg.lr
+    if step < head * steps_per_epoch:
+        return head_scale
+    scale = head_scale if cfg.freeze == "backbone" else 1.0
+    return scale * _schedule(cfg, step - head * steps_per_epoch, steps_per_epoch, cfg.epochs - head)
+
+
+def _schedule(cfg: TrainConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """Warm-up, then cosine or step decay, over ``epochs`` epochs."""
     epoch = step / steps_per_epoch
     warm = cfg.warmup or 0.0
     if warm > 0 and epoch < warm:  # capped: a fractional warm-up must not overshoot the peak
         return min(1.0, (step + 1) / (warm * steps_per_epoch))
     if cfg.schedule == "cosine":
-        total = cfg.epochs - warm
+        total = epochs - warm
         progress = min(1.0, (epoch - warm) / total) if total > 0 else 1.0
         return 0.5 * (1 + math.cos(math.pi * progress))
     return cfg.gamma ** math.floor((epoch - warm) / cfg.step_epochs)
@@ -67,7 +73,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     epoch and step (``start``), which recomputes the rate there under the resumed
     configuration, exactly as an uninterrupted run had it."""
     for group in optimizer.param_groups:
-        group["initial_lr"] = cfg.lr  # LambdaLR's base rate; needed to start past step 0
+        # LambdaLR's base rate (needed to start past step 0), scaled per layer (--layer-decay)
+        group["initial_lr"] = cfg.lr * group.get("lr_scale", 1.0)
 
     def factor(step: int) -> float:
         return lr_factor(cfg, step, steps_per_epoch)

@@ -15,6 +15,7 @@ from ..errors import MobilenetsError
 from ..models.conventions import IMAGENET_MEAN, IMAGENET_STD
 from ..models.registry import model_options
 from .config import TrainConfig
+from .transfer import adapt_normalization, transfer_model_kwargs
 
 
 @dataclass
@@ -76,31 +77,26 @@ def default_preprocessing(train_set: Any) -> dict[str, Any]:
             "resize": "shorter side to input_size, centre crop"}
 
 
-def init_preprocessing(meta: dict[str, Any], cfg: TrainConfig, classes: list[str], channels: int,
-                       preprocessing: dict[str, Any]) -> dict[str, Any]:
-    """The ``init`` checkpoint must fit the data; its normalization is kept (its weights
-    were trained on inputs normalized that way)."""
-    saved_classes = meta.get("classes")
-    if saved_classes is not None and list(saved_classes) != classes:
-        shown = lambda c: ", ".join(map(str, c[:5])) + (" …" if len(c) > 5 else "")  # noqa: E731
-        raise MobilenetsError(f"{cfg.init} was trained on classes [{shown(list(saved_classes))}] but "
-                              f"{cfg.data} has [{shown(classes)}]")
+def init_preprocessing(meta: dict[str, Any], channels: int, preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """The ``init`` checkpoint's normalization (its weights were trained on inputs normalized
+    that way), mapped to the data's channels as its stem is (:func:`.transfer.adapt_stem`)."""
     pre = meta.get("preprocessing")
     if isinstance(pre, dict) and "mean" in pre and "std" in pre:
-        if len(pre["mean"]) != channels:
-            raise MobilenetsError(f"{cfg.init} expects {len(pre['mean'])}-channel images; "
-                                  f"{cfg.data} has {channels}")
-        return {**preprocessing, "mean": list(pre["mean"]), "std": list(pre["std"])}
+        return {**preprocessing, "mean": adapt_normalization([float(v) for v in pre["mean"]], channels),
+                "std": adapt_normalization([float(v) for v in pre["std"]], channels)}
     return preprocessing
 
 
 def data_model_kwargs(cfg: TrainConfig, classes: list[str], channels: int, image_size: int) -> dict[str, Any]:
     """The model options with the data's classes and channels, and a small-input stem for
-    small images (not with ``--init``: the checkpoint's stem stays)."""
+    small images (not with ``--init``: the checkpoint's stem stays, adapted to the data's
+    channels, and its classifier is replaced where the classes differ)."""
+    if cfg.init:
+        return transfer_model_kwargs(cfg.model_kwargs, classes, channels)
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("num_classes", len(classes))
     kwargs.setdefault("in_chans", channels)
-    if "small_input" in model_options(cfg.model) and not cfg.init:
+    if "small_input" in model_options(cfg.model):
         kwargs.setdefault("small_input", image_size <= 64)
     if kwargs["num_classes"] != len(classes) or kwargs["in_chans"] != channels:
         raise MobilenetsError(f"the data has {len(classes)} classes and {channels} "

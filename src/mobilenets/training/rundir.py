@@ -83,3 +83,24 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_bytes(run_dir / "metrics.csv", buf.getvalue().encode())
+
+
+def describe_run(trainer: Any) -> str:
+    """The line a run starts its log with: model, data, schedule, precision, and how it
+    was started (resumed, from which checkpoint, what trains)."""
+    cfg, trial = trainer.cfg, trainer.precision_trial
+    return (f"training {cfg.model} {trainer.model_kwargs} on {cfg.data}: {len(trainer.train_set)} train / "
+            f"{len(trainer.val_set)} val images, {trainer.channels}×{trainer.image_size}², "
+            f"{len(trainer.classes)} classes; {cfg.epochs} epochs × {trainer.steps_per_epoch} steps, "
+            f"batch {trainer.global_batch}, {cfg.optimizer} lr {cfg.lr:g}, {trainer.precision}"
+            + (f" (auto: {trial['bf16']:.3g} s per step in bf16, {trial['fp32']:.3g} s in fp32)"
+               if trial else "")
+            + (f", {trainer.world_size} processes" if trainer.world_size > 1 else "")
+            + (f", from {cfg.init}" if cfg.init else "")
+            + (f", head only for {cfg.head_epochs} epochs at lr {cfg.head_lr or cfg.lr:g}" if cfg.head_epochs else "")
+            + (f", layer decay {cfg.layer_decay:g}" if cfg.layer_decay is not None else "")
+            + (", linear probe" if cfg.linear_probe else (f", frozen {cfg.freeze}" if cfg.freeze != "none" else ""))
+            + ("" if cfg.precise_bn else ", precise BN off")
+            + (", quantization-aware (int8 simulated)" if cfg.qat else "")
+            + (", compiled (the first step compiles for a minute or two)" if cfg.compile else "")
+            + (f" (resuming at epoch {trainer.epoch + 1})" if cfg.resume else ""))

@@ -72,6 +72,14 @@ def restore_ema(ema: AveragedModel, tensors: dict[str, torch.Tensor]) -> None:
     ema.n_averaged.copy_(tensors["train/ema_n_averaged"])
 
 
+def saved_normalization(meta: dict[str, Any], preprocessing: dict[str, Any]) -> dict[str, Any]:
+    """``preprocessing`` with the mean and std a checkpoint's metadata records, if it does."""
+    pre = meta.get("preprocessing")
+    if isinstance(pre, dict) and "mean" in pre and "std" in pre:
+        return {**preprocessing, "mean": [float(v) for v in pre["mean"]], "std": [float(v) for v in pre["std"]]}
+    return preprocessing
+
+
 def epochs_done(meta: dict[str, Any]) -> int:
     """The epochs a checkpoint's metadata says were trained (0 when it does not say: the
     resume itself then reports what is missing)."""

@@ -33,14 +33,17 @@ from .optim import make_ema, make_optimizer, make_scheduler, step_schedule
 from .plots import plot_curves
 from .runlock import run_lock
 from .precision import PRECISION_TRIAL_STEPS, autocast_dtype, choose_cpu_precision, resolve_device, resolve_precision
+from .freeze import apply_freeze, check_phases_fit, keep_frozen_bn_in_eval, set_phase
+from .precise_bn import precise_bn_for_run
 from .qat import calibrate, load_range_state, prepare_qat
 from .recipes import QAT_CALIBRATION_IMAGES
 from .run_data import (augment_batch, data_model_kwargs, default_preprocessing, init_preprocessing,
                        load_run_data, pinned_channels)
-from .rundir import prepare_run_dir, write_config, write_metrics
+from .rundir import describe_run, prepare_run_dir, write_config, write_metrics
+from .transfer import load_transfer
 from .signals import Abort, TrainingInterrupted, interrupt_guard, stopped
 from .state import (corrupt_state_is_an_error, epochs_done, pack_state, restore_ema, restore_optimizer,
-                    saved_ranges)
+                    saved_normalization, saved_ranges)
 
 Checkpoint = tuple[dict[str, torch.Tensor], dict[str, Any]]
 
@@ -100,7 +103,8 @@ class Trainer:
                                            self.device)
 
     def _load_data(self, init: Checkpoint | None, last: Checkpoint | None) -> None:
-        continued = init if init is not None else (last if self.cfg.init else None)
+        # A resumed --init run keeps the channels it was adapted to; a new one takes the data's.
+        continued = last if self.cfg.init and last is not None else None
         data = load_run_data(self.cfg, pinned_channels(continued[1] if continued else None),
                              init[1] if init is not None else None, warn=self.is_main)
         self.train_set, self.val_set, self.holdout = data.train_set, data.val_set, data.holdout
@@ -110,15 +114,17 @@ class Trainer:
         self.small = isinstance(self.train_set, TensorImages) and self.train_set.kind == "small"
         self.preprocessing = default_preprocessing(self.train_set)
         if init is not None:
-            self.preprocessing = init_preprocessing(init[1], self.cfg, self.classes, self.channels,
-                                                    self.preprocessing)
+            self.preprocessing = init_preprocessing(init[1], self.channels, self.preprocessing)
 
     def _create_model(self, init: Checkpoint | None) -> nn.Module:
-        """The network as ``create_model`` builds it, with the ``--init`` weights."""
+        """The network as ``create_model`` builds it, with the ``--init`` weights (the
+        classifier and stem adapted to the data, see :mod:`.transfer`), frozen as asked."""
         torch.manual_seed(self.cfg.seed)
         model = create_model(self.cfg.model, **self.model_kwargs)
         if init is not None:
-            load_state(model, model_weights(init[0]), source=self.cfg.init)
+            for line in load_transfer(model, *init, self.classes, source=self.cfg.init):
+                self._log(line)
+        self._log(apply_freeze(model, self.cfg))
         return model
 
     def _build_model(self, init: Checkpoint | None) -> None:
@@ -178,8 +184,19 @@ class Trainer:
             self.train_forward = torch.compile(self.ddp_model, dynamic=False)
 
     def _make_optimizer(self) -> None:
+        check_phases_fit(self.cfg, self.world_size)
         self.optimizer = make_optimizer(self.cfg, self.model)
         self.ema = make_ema(self.model, self.cfg.ema)
+
+    def _set_phase(self, epoch: int) -> None:
+        """Train mode, with the parameters of ``epoch``'s phase trainable: the head alone for
+        the first ``head_epochs``, then all but those ``--freeze`` keeps frozen. Frozen
+        BatchNorm layers stay in eval mode."""
+        if set_phase(self.model, self.cfg, epoch) and self.step_in_epoch == 0:
+            self._log(f"epoch {epoch + 1}: the head-only phase is over; the whole network trains "
+                      f"from here (lr {self.cfg.lr:g})")
+        self.ddp_model.train()
+        keep_frozen_bn_in_eval(self.model)
 
     def _plan_steps(self) -> None:
         cfg = self.cfg
@@ -254,10 +271,7 @@ class Trainer:
                                         start=self.epoch * self.steps_per_epoch + self.step_in_epoch)
         # The run's normalization, not one recomputed from the data: an --init run keeps
         # its starting checkpoint's, which the data's statistics need not equal.
-        pre = meta.get("preprocessing")
-        if isinstance(pre, dict) and "mean" in pre and "std" in pre:
-            self.preprocessing = {**self.preprocessing, "mean": [float(v) for v in pre["mean"]],
-                                  "std": [float(v) for v in pre["std"]]}
+        self.preprocessing = saved_normalization(meta, self.preprocessing)
         self.best_acc = float(state["best_acc"])
         self.history = list(state["history"])
         partial = state.get("epoch_partial")
@@ -278,7 +292,7 @@ class Trainer:
     def train_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
         """One epoch from ``self.step_in_epoch`` on; the train loss, accuracy and speed."""
         cfg, accum = self.cfg, self.cfg.accum_steps
-        self.ddp_model.train()
+        self._set_phase(epoch)
         # The last ``no_aug_epochs`` fine-tune on images as the test sees them (flips are kept:
         # a mirrored garment or photo is still a real one).
         augment = epoch < cfg.epochs - cfg.no_aug_epochs
@@ -366,7 +380,7 @@ class Trainer:
             self._log(f"{self.run_dir} has already trained {self.epoch} of {cfg.epochs} epochs; nothing "
                       f"to do (--resume --epochs N, with N > {self.epoch}, trains it further)")
         else:
-            self._log(self._describe())
+            self._log(describe_run(self))
         t_start = time.perf_counter()
         with interrupt_guard() as interrupted:
             self._interrupted = interrupted
@@ -397,19 +411,6 @@ class Trainer:
                                         "precision_used": self.precision,
                                         "precision_trial_s": self.precision_trial,
                                         "device_used": str(self.device)})
-
-    def _describe(self) -> str:
-        cfg, trial = self.cfg, self.precision_trial
-        return (f"training {cfg.model} {self.model_kwargs} on {cfg.data}: {len(self.train_set)} train / "
-                f"{len(self.val_set)} val images, {self.channels}×{self.image_size}², "
-                f"{len(self.classes)} classes; {cfg.epochs} epochs × {self.steps_per_epoch} steps, "
-                f"batch {self.global_batch}, {cfg.optimizer} lr {cfg.lr:g}, {self.precision}"
-                + (f" (auto: {trial['bf16']:.3g} s per step in bf16, {trial['fp32']:.3g} s in fp32)"
-                   if trial else "")
-                + (f", {self.world_size} processes" if self.world_size > 1 else "")
-                + (", quantization-aware (int8 simulated)" if cfg.qat else "")
-                + (", compiled (the first step compiles for a minute or two)" if cfg.compile else "")
-                + (f" (resuming at epoch {self.epoch + 1})" if cfg.resume else ""))
 
     def _train_epochs(self) -> None:
         cfg = self.cfg
@@ -446,6 +447,7 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         """Validation metrics of the model (and its EMA copy); saves ``best`` when it improved."""
         t0 = time.perf_counter()
+        precise_bn_for_run(self)
         kw = dict(channels_last=self.cfg.channels_last, precision=self.precision, device=self.device,
                   workers=self.cfg.workers, rank=self.rank, world_size=self.world_size)
         res = evaluate(self.model, self.val_set, self.preprocessing, **kw)
@@ -477,8 +479,8 @@ class Trainer:
                   f"acc {row['train_acc']:.4f} | val loss {row['val_loss']:.4f} top-1 {row['val_acc']:.4f}"
                   f"{ema} | {row['images_per_sec']:.0f} img/s | {row['elapsed_seconds'] / 60:.1f} min")
 
-    def _log(self, message: str) -> None:
-        if self.is_main:
+    def _log(self, message: str | None) -> None:
+        if self.is_main and message:
             print(message, flush=True)
 
 
