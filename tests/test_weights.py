@@ -405,3 +405,22 @@ def test_the_real_registry_is_consistent():
     assert len(weights_mod.imagenet_classes()) == 1000 == len(set(weights_mod.imagenet_classes()))
     assert weights_mod.imagenet_classes()[:2] == ["tench", "goldfish"]
     assert mobilenets.create_model("mobilenet_v2").model_name == "mobilenet_v2"  # pretrained off by default
+
+
+def test_train_from_pretrained_weights_on_a_small_grey_folder(registry, tmp_path, capsys):
+    """``train --pretrained TAG``: the published weights (served locally) become the --init
+    checkpoint: a new 3-class classifier, the RGB stem summed for grey images, strict elsewhere."""
+    from datagen import make_image_folder
+
+    data = make_image_folder(tmp_path / "photos", n_per_class=8, size=40)
+    out = tmp_path / "run"
+    assert main(["train", "--pretrained", "torchvision.mobilenet_v3_small.imagenet_test", "--data", str(data),
+                 "--out", str(out), "--epochs", "1", "--max-steps", "1", "--batch-size", "8",
+                 "--no-precise-bn"]) == 0
+    log = capsys.readouterr()
+    assert "classifier" in log.out + log.err
+    model, meta = load_model(out / "last.safetensors")
+    assert model.num_classes == 3 and meta["preprocessing"]["channels"] == 1
+    assert main(["train", "--pretrained", "x", "--init", str(out / "last.safetensors"),
+                 "--data", str(data), "--out", str(tmp_path / "r2")]) == 2
+    assert "does not combine with --init" in capsys.readouterr().err

@@ -109,6 +109,9 @@ def _add_train(sub: _Commands) -> None:
                    help="torch.compile the training step (a minute or two of compiling first; "
                         "no faster on the CPUs measured, README: Results)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly")
+    p.add_argument("--pretrained", metavar="TAG",
+                   help="start from published ImageNet weights (a tag from `mobilenets weights`, or a "
+                        "model name for its default weights), as --init does from a checkpoint")
     p.add_argument("--init", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (model and options come from it; a new "
                         "classifier for other classes, the stem adapted to other channels)")

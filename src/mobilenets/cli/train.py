@@ -83,6 +83,8 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Train (or, with ``--nproc-per-node``, launch the workers that train)."""
+    if args.pretrained:
+        args.init = _pretrained_init(args)
     if args.nproc_per_node is not None and "LOCAL_RANK" not in os.environ:
         return _launch_torchrun(args)
     try:
@@ -94,6 +96,25 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"done: {result.epochs_done} epochs in {result.seconds / 60:.1f} min; final top-1 "
               f"{result.final_acc:.4f}, best {result.best_acc:.4f}; checkpoints in {result.run_dir}")
     return 0
+
+
+def _pretrained_init(args: argparse.Namespace) -> str:
+    """``train --pretrained TAG``: the published weights, converted once into a checkpoint in
+    the weights cache, become the ``--init`` checkpoint, so they take the same path (a new
+    classifier for other classes, the stem adapted to other channels, strict elsewhere)."""
+    if args.init or args.resume:
+        raise MobilenetsError(f"--pretrained {args.pretrained} starts a new run from published weights; "
+                              f"it does not combine with {'--init' if args.init else '--resume'}")
+    from ..io.download import cache_dir
+    from ..io.checkpoint import save_model
+
+    model, meta = weights.pretrained_checkpoint(args.pretrained)
+    path = cache_dir() / "converted" / f"{args.pretrained.replace('/', '_')}.safetensors"
+    if not path.is_file() and os.environ.get("RANK", "0") == "0":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_model(model, path, preprocessing=meta["preprocessing"], classes=meta["classes"],
+                   pretrained=meta["pretrained"])
+    return str(path)
 
 
 def _load_scored_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str]:
