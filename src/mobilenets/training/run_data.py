@@ -11,6 +11,7 @@ import torch
 
 from ..data.augment import channel_stats, normalize, random_crop_flip, random_erasing
 from ..data.datasets import DEFAULT_VAL_FRACTION, TensorImages, holdout_split, load_dataset, splits_from_train
+from ..data.preprocessing import Preprocessing
 from ..errors import MobilenetsError
 from ..models.conventions import IMAGENET_MEAN, IMAGENET_STD
 from ..models.registry import model_options
@@ -72,8 +73,8 @@ def default_preprocessing(train_set: Any) -> dict[str, Any]:
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
     else:
         mean, std = [0.5] * channels, [0.5] * channels
-    return {"input_size": train_set.image_size, "channels": channels, "mean": mean, "std": std,
-            "resize": "shorter side to input_size, centre crop"}
+    pre = Preprocessing(train_set.image_size, channels, mean, std)  # validated like any loaded file's
+    return {**pre.record(), "resize": "shorter side to input_size, centre crop"}
 
 
 def init_preprocessing(meta: dict[str, Any], cfg: TrainConfig, classes: list[str], channels: int,
@@ -85,13 +86,12 @@ def init_preprocessing(meta: dict[str, Any], cfg: TrainConfig, classes: list[str
         shown = lambda c: ", ".join(map(str, c[:5])) + (" …" if len(c) > 5 else "")  # noqa: E731
         raise MobilenetsError(f"{cfg.init} was trained on classes [{shown(list(saved_classes))}] but "
                               f"{cfg.data} has [{shown(classes)}]")
-    pre = meta.get("preprocessing")
-    if isinstance(pre, dict) and "mean" in pre and "std" in pre:
-        if len(pre["mean"]) != channels:
-            raise MobilenetsError(f"{cfg.init} expects {len(pre['mean'])}-channel images; "
-                                  f"{cfg.data} has {channels}")
-        return {**preprocessing, "mean": list(pre["mean"]), "std": list(pre["std"])}
-    return preprocessing
+    if meta.get("preprocessing") is None:
+        return preprocessing
+    pre = Preprocessing.from_meta(meta, str(cfg.init))
+    if pre.channels != channels:
+        raise MobilenetsError(f"{cfg.init} expects {pre.channels}-channel images; {cfg.data} has {channels}")
+    return {**preprocessing, "mean": list(pre.mean), "std": list(pre.std)}
 
 
 def data_model_kwargs(cfg: TrainConfig, classes: list[str], channels: int, image_size: int) -> dict[str, Any]:
