@@ -112,7 +112,7 @@ def test_every_model_exports_and_quantizes(name, exported, tmp_path):
         assert result.parity.ok and result.parity.relative < deploy.FLOAT_TOLERANCE
         assert result.parity.batch_sizes == (1, 3)  # traced at batch 2: the batch is dynamic
         assert result.parity.top1_agreement == 1.0
-        artifact = deploy.load_artifact(result.path)
+        artifact = deploy.load_artifact(result.path, trust_code=True)  # we made the TorchScript
         assert artifact.preprocessing.record() == PRE and artifact.classes == CLASSES
         assert artifact.format == fmt and not artifact.int8
     sidecar = exported(name, "torchscript").files[1]
@@ -156,8 +156,8 @@ def test_parity_failure_is_an_error(tmp_path, monkeypatch):
 
     real_load = deploy.load_artifact
 
-    def broken(path, threads=None):
-        artifact = real_load(path, threads)
+    def broken(path, threads=None, **kw):
+        artifact = real_load(path, threads, **kw)
         run = artifact.run
         artifact.run = lambda x: run(x) + 1.0
         return artifact
@@ -187,7 +187,7 @@ def test_a_model_file_replaced_beside_its_sidecar_is_refused(fmt, tmp_path):
                             preprocessing=PRE).path
     shutil.copyfile(b, a)
     with pytest.raises(mobilenets.MobilenetsError, match="describes another model file .*SHA-256"):
-        deploy.load_artifact(a)
+        deploy.load_artifact(a, trust_code=True)
 
 
 def test_load_artifact_errors(tmp_path):
@@ -195,13 +195,13 @@ def test_load_artifact_errors(tmp_path):
         deploy.load_artifact(tmp_path / "missing.onnx")
     (tmp_path / "m.pt").write_bytes(b"not a model")
     with pytest.raises(mobilenets.MobilenetsError, match="m.pt.json not found"):
-        deploy.load_artifact(tmp_path / "m.pt")
+        deploy.load_artifact(tmp_path / "m.pt", trust_code=True)
     (tmp_path / "m.pt.json").write_text(json.dumps({"format": "torchscript"}))
     with pytest.raises(mobilenets.MobilenetsError, match="lacks its preprocessing"):
-        deploy.load_artifact(tmp_path / "m.pt")
+        deploy.load_artifact(tmp_path / "m.pt", trust_code=True)
     (tmp_path / "m.pt.json").write_text(json.dumps({"format": "torchscript", "preprocessing": PRE}))
     with pytest.raises(mobilenets.MobilenetsError, match="not a loadable torchscript file"):
-        deploy.load_artifact(tmp_path / "m.pt")
+        deploy.load_artifact(tmp_path / "m.pt", trust_code=True)
     (tmp_path / "m.pt2").write_bytes(b"PK\x03\x04 cut short")
     (tmp_path / "m.pt2.json").write_text(json.dumps({"format": "pt2", "preprocessing": PRE}))
     with pytest.raises(mobilenets.MobilenetsError, match="not a loadable pt2 file: BadZipFile"):
@@ -226,7 +226,7 @@ def test_artifact_whose_metadata_does_not_fit_its_graph(exported, tmp_path):
     meta["preprocessing"] = {**meta["preprocessing"], "channels": wrong, "mean": [0.5] * wrong,
                              "std": [0.5] * wrong}
     deploy.sidecar_path(copy).write_text(json.dumps(meta))
-    artifact = deploy.load_artifact(copy)
+    artifact = deploy.load_artifact(copy, trust_code=True)
     c = artifact.preprocessing.channels
     s = artifact.preprocessing.input_size
     with pytest.raises(mobilenets.MobilenetsError, match=rf"failed on inputs of shape \(1, {wrong}, "):
