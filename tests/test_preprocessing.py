@@ -57,7 +57,7 @@ def _re(text: str) -> str:
 
 @pytest.mark.parametrize("bad,message", [
     ({"preprocessing": "/etc/passwd"}, "must be a mapping"),
-    ({"preprocessing": {"input_size": 28}}, "lacks mean, std"),
+    ({"preprocessing": {"input_size": 28}}, "mean must be one finite number per channel (3), got None"),
     ({}, "has no preprocessing metadata"),
     ({"preprocessing": PRE, "classes": "abc"}, "'classes' must be a list of names"),
     ({"preprocessing": PRE, "classes": ["a", 1]}, "'classes' must be a list of names"),

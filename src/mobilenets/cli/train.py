@@ -18,7 +18,7 @@ from ..data.datasets import load_dataset
 from ..deploy.export import bf16_inference
 from ..deploy.predict import predict_files
 from ..errors import MobilenetsError
-from ..io.artifact import Artifact, load
+from ..io.artifact import Artifact, artifact_kind, load
 from ..io.checkpoint import load_model
 from ..training import EvalResult, TrainConfig, TrainingInterrupted, evaluate, preflight, train
 from .confusion import MAX_TEXT_CONFUSION, format_confusion, plot_confusion
@@ -107,12 +107,12 @@ def _load_scored(args: argparse.Namespace) -> tuple[Artifact, str]:
     if args.pretrained or args.checkpoint is None:
         model, meta = _pretrained(args, args.data)
         return Artifact.from_model(model, meta, args.pretrained), args.precision
+    if args.precision != "fp32" and artifact_kind(args.checkpoint) != "checkpoint":  # before loading
+        raise MobilenetsError(f"--precision {args.precision} applies to checkpoints; an exported "
+                              "file is scored as it was exported")
     artifact = load(args.checkpoint, trust_code=args.trust_code)
     if artifact.format == "checkpoint":
         return artifact, args.precision
-    if args.precision != "fp32":
-        raise MobilenetsError(f"--precision {args.precision} applies to checkpoints; an exported "
-                              "file is scored as it was exported")
     return artifact, "int8" if artifact.int8 else "fp32"
 
 

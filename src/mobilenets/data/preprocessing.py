@@ -124,14 +124,11 @@ class Preprocessing:
                                   "'mean': [...], 'std': [...]})")
         if not isinstance(pre, Mapping):
             raise MobilenetsError(f"{source}: metadata preprocessing must be a mapping, got {_short(pre)}")
-        missing = [k for k in ("input_size", "mean", "std") if k not in pre]
-        if missing:
-            raise MobilenetsError(f"{source}: metadata preprocessing lacks {', '.join(missing)}")
+        classes = check_classes(meta.get("classes"), source)
         stored = pre.get("channels", channels if channels is not None else 3)
-        try:
-            made = cls(pre["input_size"], stored, _seq(pre["mean"]), _seq(pre["std"]),
-                       pre.get("resize_size"), pre.get("interpolation", "bilinear"),
-                       check_classes(meta.get("classes"), source))
+        try:  # a missing field is named as a wrong one (``got None``), in the order they are checked
+            made = cls(pre.get("input_size"), stored, _seq(pre.get("mean")), _seq(pre.get("std")),
+                       pre.get("resize_size"), pre.get("interpolation", "bilinear"), classes)
         except MobilenetsError as e:
             raise MobilenetsError(f"{source}: metadata {e}") from e
         if channels is not None and made.channels != channels:

@@ -192,7 +192,8 @@ def check_meta_fields(meta: dict[str, Any], path: str | os.PathLike, *, model_ch
         return
     kwargs = meta.get("model_kwargs")
     in_chans = kwargs.get("in_chans", 3) if isinstance(kwargs, dict) and model_channels else None
-    valid = isinstance(in_chans, int) and not isinstance(in_chans, bool)
+    # Options out of range are reported by check_model_kwargs, with their own message.
+    valid = isinstance(in_chans, int) and not isinstance(in_chans, bool) and 1 <= in_chans <= 4096
     Preprocessing.from_meta(meta, path, channels=in_chans if valid else None)
 
 
