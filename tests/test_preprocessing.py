@@ -183,3 +183,24 @@ def test_apply_refuses_what_it_cannot_read() -> None:
         p.apply(torch.zeros(2, 1, 28, 28, dtype=torch.int64))
     with pytest.raises(MobilenetsError, match="no images"):
         p.apply([])
+
+
+def test_predict_applies_the_published_resize(tmp_path: Path) -> None:
+    """``predict`` feeds the model exactly ``apply``'s batch: with ``resize_size`` the
+    published transform (docs/weights.md), not the central square."""
+    from mobilenets.deploy.predict import predict_images
+
+    path = tmp_path / "wide.png"
+    _photo(90, 60).save(path)
+    p = Preprocessing(32, 3, [0.5] * 3, [0.25] * 3, resize_size=40, interpolation="bicubic",
+                      classes=("a", "b"))
+    seen: list[torch.Tensor] = []
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return torch.tensor([[0.0, 1.0]])
+
+    top = predict_images(logits, p, [path], top_k=1)[0].top
+    assert top[0][0] == "b" and torch.equal(seen[0], p.apply([Image.open(path)]))
+    square = Preprocessing(32, 3, [0.5] * 3, [0.25] * 3, interpolation="bicubic")
+    assert not torch.equal(seen[0], square.apply([Image.open(path)]))

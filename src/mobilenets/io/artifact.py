@@ -191,9 +191,10 @@ def _onnx_is_int8(path: Path) -> bool:
 def require_checkpoint(path: str | os.PathLike, command: str, hint: str = "") -> Path:
     """The checkpoint file ``path`` names, for a command that needs the trainable network
     (``export``, ``bench``, ``train --init``); an export gets one error naming the way."""
-    if not Path(path).exists():
+    # A missing file named as an export gets the same advice as an existing one.
+    kind = artifact_kind(path) if Path(path).exists() else _SUFFIX_KINDS.get(Path(path).suffix)
+    if kind is None:
         raise MobilenetsError(f"checkpoint not found: {path}")
-    kind = artifact_kind(path)
     if kind != "checkpoint":
         raise MobilenetsError(f"{path} is an exported model; {command} takes the .safetensors "
                               f"checkpoint it was exported from{hint}")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import normalize
-from ..data.preprocessing import Preprocessing, as_preprocessing
+from ..data.preprocessing import Preprocessing
 from ..errors import MobilenetsError
 from .batches import iterate
 from .precision import autocast_dtype
@@ -44,7 +44,10 @@ def evaluate(model: nn.Module, dataset: Any, preprocessing: Preprocessing | dict
     cost, and only sound for models trained with horizontal flips (as every recipe here
     is); training itself always evaluates without it.
     """
-    pre = as_preprocessing(preprocessing)
+    # Only the normalization matters here (the dataset already has the input size): a dict
+    # with just ``mean`` and ``std`` is enough.
+    mean, std = ((preprocessing.mean, preprocessing.std) if isinstance(preprocessing, Preprocessing)
+                 else (preprocessing["mean"], preprocessing["std"]))
     model.eval()
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
@@ -55,7 +58,7 @@ def evaluate(model: nn.Module, dataset: Any, preprocessing: Preprocessing | dict
     loss_sum = torch.zeros((), dtype=torch.float64)
     top5 = torch.zeros((), dtype=torch.int64)
     for images, labels in iterate(dataset, torch.arange(rank, len(dataset), world_size), batch_size, workers):
-        x = normalize(images, pre.mean, pre.std).to(device)
+        x = normalize(images, mean, std).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
