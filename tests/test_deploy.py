@@ -112,8 +112,8 @@ def test_every_model_exports_and_quantizes(name, exported, tmp_path):
         assert result.parity.ok and result.parity.relative < deploy.FLOAT_TOLERANCE
         assert result.parity.batch_sizes == (1, 3)  # traced at batch 2: the batch is dynamic
         assert result.parity.top1_agreement == 1.0
-        artifact = deploy.load_artifact(result.path, trust_code=True)
-        assert artifact.preprocessing == PRE and artifact.classes == CLASSES
+        artifact = deploy.load_artifact(result.path, trust_code=True)  # we made the TorchScript
+        assert artifact.preprocessing.record() == PRE and artifact.classes == CLASSES
         assert artifact.format == fmt and not artifact.int8
     sidecar = exported(name, "torchscript").files[1]
     assert sidecar.name == f"{name}.pt.json"
@@ -156,8 +156,8 @@ def test_parity_failure_is_an_error(tmp_path, monkeypatch):
 
     real_load = deploy.load_artifact
 
-    def broken(path, threads=None, **kwargs):
-        artifact = real_load(path, threads, **kwargs)
+    def broken(path, threads=None, **kw):
+        artifact = real_load(path, threads, **kw)
         run = artifact.run
         artifact.run = lambda x: run(x) + 1.0
         return artifact
@@ -227,8 +227,8 @@ def test_artifact_whose_metadata_does_not_fit_its_graph(exported, tmp_path):
                              "std": [0.5] * wrong}
     deploy.sidecar_path(copy).write_text(json.dumps(meta))
     artifact = deploy.load_artifact(copy, trust_code=True)
-    c = artifact.preprocessing["channels"]
-    s = artifact.preprocessing["input_size"]
+    c = artifact.preprocessing.channels
+    s = artifact.preprocessing.input_size
     with pytest.raises(mobilenets.MobilenetsError, match=rf"failed on inputs of shape \(1, {wrong}, "):
         artifact(np.zeros((1, c, s, s), np.float32))
 
@@ -305,7 +305,7 @@ def test_int8_v3_quantizes_saves_and_reloads_identically(exported, tmp_path):
         assert list(inits[n.input[1]].dims) == [inits[n.input[0]].dims[0]]
 
     first = deploy.load_artifact(path, trust_code=True)
-    assert first.int8 and first.preprocessing == PRE and first.classes == CLASSES
+    assert first.int8 and first.preprocessing.record() == PRE and first.classes == CLASSES
     assert first.meta["int8"]["calibration_images"] == 24
     parity = deploy.check_parity(first, tiny("mobilenet_v3_small"),
                                  deploy.preprocess(images[:8], PRE), deploy.INT8_TOLERANCE)
@@ -395,7 +395,7 @@ def test_export_int8_from_checkpoint_with_calibration_dataset(tmp_path, capsys):
     path = tmp_path / "run" / "best.int8.onnx"
     assert f"-> {path}" in out and "parity:" in out
     artifact = deploy.load_artifact(path, trust_code=True)
-    assert artifact.meta["int8"]["calibration_images"] == 16 and artifact.preprocessing == pre
+    assert artifact.meta["int8"]["calibration_images"] == 16 and artifact.preprocessing.to_meta() == {"preprocessing": pre, "classes": CLASSES}
     assert artifact.meta["int8"]["reduce_range"] is reduce_range_default()
     assert ("7-bit weights" in out) is reduce_range_default()
     for flag, bits in (("--reduce-range", 64), ("--no-reduce-range", 127)):
@@ -594,7 +594,7 @@ def test_export_output_names(checkpoint, tmp_path, capsys):
                  "-o", str(tmp_path / "out") + "/"]) == 0
     assert (tmp_path / "out" / "best.pt").is_file()
     assert main(["export", str(run / "best.pt"), "--format", "torchscript"]) == 2
-    assert "is already an export; export takes the .safetensors" in capsys.readouterr().err
+    assert "is an exported model; export takes the .safetensors" in capsys.readouterr().err
 
 
 def test_export_cli_missing_checkpoint(tmp_path, capsys):
@@ -620,7 +620,7 @@ def test_bench_cli_errors(capsys, args, message):
 
 def test_bench_cli_names_the_way_for_an_exported_file(exported, capsys):
     assert main(["bench", str(exported("mobilenet_v3_small", "onnx").path)]) == 2
-    assert "is an exported file; bench takes the checkpoint" in capsys.readouterr().err
+    assert "is an exported model; bench takes the .safetensors checkpoint" in capsys.readouterr().err
 
 
 def test_calibration_images_are_centre_crops_and_need_no_labels(tmp_path):

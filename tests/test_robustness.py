@@ -445,7 +445,7 @@ def test_no_metadata_field_is_used_as_a_path(run_dir: Path, idx_dir: Path, tmp_p
     def poison(meta: dict) -> None:
         for key in ("converted_from", "source", "path", "out", "data", "recipe"):
             meta[key] = str(trap)
-        meta["classes"] = [str(trap)] * 4
+        meta["classes"] = [f"{trap}-{i}" for i in range(4)]  # class names must be distinct
         meta["train_state"] = {"history": [], "out": str(trap)}
 
     path = rewrite_checkpoint(run_dir / "best.safetensors", tmp_path / "p.safetensors", poison)
@@ -799,8 +799,8 @@ def test_val_fraction_splits_a_folder_once_and_eval_scores_the_same_held_out_ima
     # The export carries the split, so the artifact is scored on the same images.
     assert main(["export", str(tmp_path / "r"), "--format", "torchscript"]) == 0
     capsys.readouterr()
-    assert main(["eval", str(tmp_path / "r" / "best.pt"), "--trust-code", "--data", str(root), "--split", "val",
-                 "--json"]) == 0  # our own export: trusted
+    assert main(["eval", str(tmp_path / "r" / "best.pt"), "--data", str(root), "--split", "val", "--json",
+                 "--trust-code"]) == 0  # we made the TorchScript
     exported = json.loads(capsys.readouterr().out)
     assert exported["confusion"] == same.confusion
     bad = rewrite_checkpoint(tmp_path / "r" / "best.safetensors", tmp_path / "bad.safetensors",

@@ -19,7 +19,7 @@ from torch import nn
 from ..deploy.bench import BACKENDS, benchmark
 from ..deploy.export import export_checkpoint
 from ..errors import MobilenetsError, did_you_mean
-from ..io.artifact import EXTENSIONS
+from ..io.artifact import require_checkpoint
 from ..io.checkpoint import load_model
 from ..models.registry import create_model, list_models
 from .options import model_kwargs_from_args
@@ -75,11 +75,8 @@ def _bench_model(spec: str, args: argparse.Namespace) -> tuple[nn.Module, int]:
         if kwargs:
             raise MobilenetsError("model options (--width-mult, ...) apply to model names; "
                                   "a checkpoint already defines its model")
-        if Path(spec).suffix in EXTENSIONS.values():
-            raise MobilenetsError(f"{spec} is an exported file; bench takes the checkpoint it came "
-                                  "from and makes its own exports (--backends onnxruntime,"
-                                  "onnxruntime-int8 times those)")
-        model, meta = load_model(spec)
+        model, meta = load_model(require_checkpoint(spec, "bench", " and makes its own exports "
+                                                    "(--backends onnxruntime,onnxruntime-int8 times those)"))
         return model, int((meta.get("preprocessing") or {}).get("input_size", 224))
     raise MobilenetsError(f"{spec!r} is neither a model name{did_you_mean(spec, list_models())} "
                           f"nor an existing checkpoint; models: {', '.join(list_models())}")

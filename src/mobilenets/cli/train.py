@@ -16,9 +16,9 @@ from torch import nn
 
 from ..data.datasets import load_dataset
 from ..deploy.export import bf16_inference
-from ..deploy.predict import predict_files, predict_with
+from ..deploy.predict import predict_files
 from ..errors import MobilenetsError
-from ..io.artifact import EXTENSIONS, load_artifact
+from ..io.artifact import Artifact, artifact_kind, load
 from ..io.checkpoint import load_model
 from ..training import EvalResult, TrainConfig, TrainingInterrupted, evaluate, preflight, train
 from .confusion import MAX_TEXT_CONFUSION, format_confusion, plot_confusion
@@ -117,47 +117,35 @@ def _pretrained_init(args: argparse.Namespace) -> str:
     return str(path)
 
 
-def _load_scored_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any], str]:
-    """The model ``eval`` scores, its metadata, and the precision it computes in."""
+def _load_scored(args: argparse.Namespace) -> tuple[Artifact, str]:
+    """What ``eval`` scores (a checkpoint, an export, pretrained weights) and the precision it
+    computes in; an export scores as it will serve."""
     if args.pretrained or args.checkpoint is None:
         model, meta = _pretrained(args, args.data)
-        return model, meta, args.precision
-    if Path(args.checkpoint).suffix in EXTENSIONS.values():  # an export scores as it will serve
-        if args.precision != "fp32":
-            raise MobilenetsError(f"--precision {args.precision} applies to checkpoints; an exported "
-                                  "file is scored as it was exported")
-        artifact = load_artifact(args.checkpoint, trust_code=args.trust_code)
-        return artifact.as_module(), artifact.meta, "int8" if artifact.meta.get("int8") else "fp32"
-    model, meta = load_model(args.checkpoint)
-    return model, meta, args.precision
+        return Artifact.from_model(model, meta, args.pretrained), args.precision
+    if args.precision != "fp32" and artifact_kind(args.checkpoint) != "checkpoint":  # before loading
+        raise MobilenetsError(f"--precision {args.precision} applies to checkpoints; an exported "
+                              "file is scored as it was exported")
+    artifact = load(args.checkpoint, trust_code=args.trust_code)
+    if artifact.format == "checkpoint":
+        return artifact, args.precision
+    return artifact, "int8" if artifact.int8 else "fp32"
 
 
-def _eval_preprocessing(checkpoint: str, meta: dict[str, Any]) -> dict[str, Any]:
-    """The stored preprocessing, checked here so a foreign file fails with a sentence, not a KeyError."""
-    pre = meta.get("preprocessing")
-    if not isinstance(pre, dict):
-        raise MobilenetsError(f"{checkpoint} has no preprocessing metadata; was it made by "
-                              "`mobilenets train`?")
-    # Converted checkpoints store no channel count: their model's input channels decide.
-    pre = {**pre, "channels": pre.get("channels", meta.get("model_kwargs", {}).get("in_chans", 3))}
-    if "input_size" not in pre or "mean" not in pre or "std" not in pre:
-        raise MobilenetsError(f"{checkpoint}: preprocessing metadata lacks input_size, mean or std")
-    return pre
-
-
-def _eval_dataset(args: argparse.Namespace, model: nn.Module, meta: dict[str, Any],
-                  pre: dict[str, Any]) -> Any:
+def _eval_dataset(args: argparse.Namespace, artifact: Artifact) -> Any:
     """The images prepared as ``predict`` prepares them (size, channels, centre crop, no
     augmentation), labelled by the checkpoint's classes; a folder without train/ and val/ is
     split as it was for training (seed and fraction stored in the checkpoint)."""
-    classes = meta.get("classes") if isinstance(meta.get("classes"), list) else None
-    ds = load_dataset(args.data, args.split, image_size=pre["input_size"], channels=pre["channels"],
-                      classes=classes, strict=args.strict, augment=False, holdout=meta.get("holdout"))
-    if getattr(model, "num_classes", len(ds.classes)) != len(ds.classes):  # e.g. converted weights
-        raise MobilenetsError(f"{args.checkpoint} predicts {model.num_classes} classes, {args.data} "
+    pre = artifact.preprocessing
+    ds = load_dataset(args.data, args.split, image_size=pre.input_size, channels=pre.channels,
+                      classes=artifact.classes, strict=args.strict, augment=False,
+                      holdout=artifact.meta.get("holdout"))
+    outputs = getattr(artifact.model, "num_classes", len(ds.classes))
+    if outputs != len(ds.classes):  # e.g. converted weights
+        raise MobilenetsError(f"{args.checkpoint} predicts {outputs} classes, {args.data} "
                               f"has {len(ds.classes)}; evaluate on a dataset with the model's classes")
-    if pre["channels"] != ds.channels:
-        raise MobilenetsError(f"{args.checkpoint} expects {pre['channels']}-channel images, "
+    if pre.channels != ds.channels:
+        raise MobilenetsError(f"{args.checkpoint} expects {pre.channels}-channel images, "
                               f"{args.data} has {ds.channels}")
     return ds
 
@@ -211,13 +199,13 @@ def _print_eval(args: argparse.Namespace, res: EvalResult, png: Path | None) -> 
 def run_eval(args: argparse.Namespace) -> int:
     """Accuracy, per-class accuracy and confusion matrix of a checkpoint or an export."""
     reuse_memory(args)
-    model, meta, precision = _load_scored_model(args)
-    pre = _eval_preprocessing(args.checkpoint, meta)
-    ds = _eval_dataset(args, model, meta, pre)
+    artifact, precision = _load_scored(args)
+    ds = _eval_dataset(args, artifact)
     _check_eval_options(args)
+    model = artifact.as_module()
     if args.precision == "bf16":
         model = bf16_inference(model)
-    res = evaluate(model, ds, pre, batch_size=args.batch_size, tta=args.tta)
+    res = evaluate(model, ds, artifact.preprocessing, batch_size=args.batch_size, tta=args.tta)
     png = _plot_eval(args, res)
     if args.json:
         print(json.dumps(_finite({**res.as_dict(), "checkpoint": str(args.checkpoint), "tta": args.tta,
@@ -239,15 +227,14 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _predict_suffix(args: argparse.Namespace) -> str:
-    """The suffix of the file ``predict`` runs; a run directory means its best checkpoint."""
-    suffix = ".safetensors" if Path(args.checkpoint).is_dir() else Path(args.checkpoint).suffix
-    backend = args.backend if args.backend != "auto" else ("onnxruntime" if suffix == ".onnx" else "torch")
-    if (backend == "onnxruntime") != (suffix == ".onnx"):
+def _check_backend(args: argparse.Namespace, kind: str) -> None:
+    """``--backend`` against the kind of file ``predict`` runs."""
+    onnx = kind in ("onnx", "onnx-int8")
+    backend = args.backend if args.backend != "auto" else ("onnxruntime" if onnx else "torch")
+    if (backend == "onnxruntime") != onnx:
         raise MobilenetsError(f"--backend {backend} cannot run {args.checkpoint}: onnxruntime runs .onnx "
                               "files (make one with `mobilenets export CHECKPOINT --format onnx`), "
                               "torch runs .safetensors, .pt and .pt2 files")
-    return suffix
 
 
 def _pretrained(args: argparse.Namespace, data: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -274,13 +261,12 @@ def run_predict(args: argparse.Namespace) -> int:
         if not Path(p).is_file():
             raise MobilenetsError(f"image not found: {p}")
     if args.pretrained or args.checkpoint is None:
-        preds = predict_files(*_pretrained(args), args.images, args.top_k)
-    elif _predict_suffix(args) == ".safetensors":
-        model, meta = load_model(args.checkpoint)
-        preds = predict_files(model, meta, args.images, args.top_k)
+        model, meta = _pretrained(args)
+        artifact = Artifact.from_model(model, meta, args.checkpoint)
     else:
-        artifact = load_artifact(args.checkpoint, trust_code=args.trust_code)
-        preds = predict_with(artifact.as_module(), artifact.meta, args.images, args.top_k)
+        artifact = load(args.checkpoint, trust_code=args.trust_code)
+        _check_backend(args, artifact.format)
+    preds = artifact.predict(args.images, args.top_k)
     if args.json:
         print(json.dumps(_finite([p.as_dict() for p in preds]), allow_nan=False))  # NaN is not JSON
         return 0

@@ -47,7 +47,7 @@ def load_image(path: str | os.PathLike, channels: int) -> PILImage:
             img.load()
         source_format = img.format
         ImageOps.exif_transpose(img, in_place=True)
-        return _convert_mode(img, channels, source_format)
+        return convert_mode(img, channels, source_format)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise MobilenetsError(f"cannot read image {path}: {e}{REPLACE_HINT}") from e
     except Exception as e:  # noqa: BLE001 - decoders of corrupt files raise many types (struct.error,
@@ -55,7 +55,7 @@ def load_image(path: str | os.PathLike, channels: int) -> PILImage:
         raise MobilenetsError(f"cannot read image {path}: {type(e).__name__}: {e}{REPLACE_HINT}") from e
 
 
-def _convert_mode(img: PILImage, channels: int, source_format: str | None = None) -> PILImage:
+def convert_mode(img: PILImage, channels: int, source_format: str | None = None) -> PILImage:
     """A loaded PIL image in ``L`` or ``RGB``, following the rules in the module docstring."""
     from PIL import Image
 
@@ -90,16 +90,22 @@ def _integer_to_l(img: PILImage, source_format: str | None) -> PILImage:
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8), "L")
 
 
-def resize_center_crop(img: PILImage, size: int) -> PILImage:
-    """The central square of the image (its side the shorter side) resized to ``size``×``size``
-    (bilinear): the same as shorter side to ``size`` then a central crop, but the crop comes
-    first (Pillow's resize ``box``), so a 1×30000 image costs no more memory than a square."""
+def resize_center_crop(img: PILImage, size: int, fraction: float = 1.0,
+                       interpolation: str = "bilinear") -> PILImage:
+    """The centred square of side ``fraction`` × the shorter side, resized to ``size``×``size``.
+
+    ``fraction`` 1 is the central square (shorter side to ``size``, then a central crop);
+    ``input_size / resize_size`` is the published evaluation transform (shorter side to
+    ``resize_size``, centre crop ``input_size``). The crop comes first (Pillow's resize
+    ``box``), so a 1×30000 image costs no more memory than a square.
+    """
     from PIL import Image
 
     w, h = img.size
-    side = min(w, h)
+    side = min(w, h) if fraction == 1.0 else min(w, h) * fraction
     left, top = (w - side) / 2, (h - side) / 2
-    return img.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    resample = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[interpolation]
+    return img.resize((size, size), resample, box=(left, top, left + side, top + side))
 
 
 def to_uint8_tensor(img: PILImage) -> torch.Tensor:

@@ -42,8 +42,9 @@ from torch import nn
 
 from .. import __version__
 from ..errors import MobilenetsError
+from ..data.preprocessing import Preprocessing, as_preprocessing
 from ..io.artifact import (EXTENSIONS, META_KEY, Artifact, load_artifact, onnx_session,
-                           require_onnx, sidecar_path, torchscript_quietly)
+                           require_checkpoint, require_onnx, sidecar_path, torchscript_quietly)
 from ..io.checkpoint import atomic_write_bytes, checkpoint_file, load_model
 from ..models.conventions import check_choice
 from .calibration import ImageCalibrationReader, batches, load_calibration_images
@@ -195,19 +196,23 @@ def _accept(staged: Path, output: Path, fmt: str, reference: nn.Module,
 
 
 def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
-                 preprocessing: dict[str, Any], classes: Sequence[str] | None = None,
+                 preprocessing: Preprocessing | dict[str, Any], classes: Sequence[str] | None = None,
                  int8: bool = False, calibration_images: torch.Tensor | None = None,
                  tolerance: float | None = None, extra_meta: dict[str, Any] | None = None,
                  reduce_range: bool | None = None) -> ExportResult:
     """Export ``model`` as ``fmt`` to ``output``, reload it and check it against ``model``.
 
     ``calibration_images`` (uint8 ``(N, C, H, W)``) are required for ``int8`` and, when
-    given, also serve as the parity inputs. Raises :class:`MobilenetsError` when the
+    given, also serve as the parity inputs. ``classes`` default to ``preprocessing``'s.
+    Raises :class:`MobilenetsError` when the
     artifact differs from the model by more than ``tolerance`` (default
     :data:`FLOAT_TOLERANCE`, :data:`INT8_TOLERANCE`). ``reduce_range``: 7-bit int8 weights,
     see :func:`quantize_onnx`.
     """
     _check_request(fmt, int8, reduce_range)
+    pre = as_preprocessing(preprocessing)
+    classes = classes if classes is not None else pre.classes
+    preprocessing = pre.record()
     if int8 and (calibration_images is None or len(calibration_images) == 0):
         raise MobilenetsError("int8 needs calibration images (--calibration-data PATH)")
     output = Path(output)
@@ -253,9 +258,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
     and classes. An ``output`` that is a directory (or ends in ``/``) gets the default name."""
     _check_request(fmt, int8, reduce_range)
     _check_tolerance(tolerance)
-    if Path(checkpoint).suffix in EXTENSIONS.values():
-        raise MobilenetsError(f"{checkpoint} is already an export; export takes the .safetensors "
-                              "checkpoint it came from")
+    require_checkpoint(checkpoint, "export")
     if output is not None and (Path(output).is_dir() or str(output).endswith(("/", os.sep))):
         output = Path(output) / default_output(checkpoint, fmt, int8).name
     if output is not None:
@@ -265,7 +268,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
     if int8 and calibration_data is None:
         raise MobilenetsError("--int8 needs --calibration-data (a dataset name such as "
                               "fashion-mnist, or a directory of training images)")
-    images = (load_calibration_images(calibration_data, calibration_size, preprocessing,
+    images = (load_calibration_images(calibration_data, calibration_size, preprocessing.record(),
                                       holdout=meta.get("holdout"))
               if calibration_data is not None else None)
     return export_model(model, fmt, output or default_output(checkpoint, fmt, int8),

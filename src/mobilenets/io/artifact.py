@@ -1,8 +1,12 @@
-"""The one artifact loader: an exported model file back as a callable with its preprocessing.
+"""The one artifact loader: any model file back as one callable with its preprocessing.
 
-ONNX files carry their metadata inside (``metadata_props["mobilenets"]``); TorchScript and
-``.pt2`` files keep it in a sidecar ``<file>.json`` written by
-:func:`mobilenets.deploy.export.export_model`.
+:func:`artifact_kind` decides once what a path is (a ``.safetensors`` checkpoint or a run
+directory, float or int8 ONNX, TorchScript, ``.pt2``) and :func:`load` returns an
+:class:`Artifact` with one interface for all of them: ``preprocessing``, ``classes``,
+``format``, ``artifact(batch) -> logits`` and ``predict(images, top_k)``. Each format is read
+as :mod:`mobilenets.io.safety` lays down. ONNX files carry their metadata inside
+(``metadata_props["mobilenets"]``); TorchScript and ``.pt2`` files keep it in a sidecar
+``<file>.json`` written by :func:`mobilenets.deploy.export.export_model`.
 """
 
 from __future__ import annotations
@@ -22,13 +26,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.preprocessing import Preprocessing
 from ..errors import MobilenetsError
-from .checkpoint import check_meta_fields
+from .checkpoint import check_meta_fields, checkpoint_file, load_model
 from .safety import (check_onnx_external_data, check_pt2_members, quiet_loading,
                      refuse_torchscript, weights_only_loads)
 
 #: File suffix of each export format.
 EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+#: What :func:`artifact_kind` answers.
+KINDS: tuple[str, ...] = ("checkpoint", "onnx", "onnx-int8", "torchscript", "pt2")
+_SUFFIX_KINDS = {".safetensors": "checkpoint", **{v: k for k, v in EXTENSIONS.items()}}
 #: The ONNX metadata property (and checkpoint metadata key) holding our metadata.
 META_KEY = "mobilenets"
 
@@ -59,36 +67,64 @@ def torchscript_quietly() -> Iterator[None]:
 
 @dataclass
 class Artifact:
-    """A loaded export: call it on float32 NCHW arrays (already preprocessed) for logits.
+    """A loaded model file: call it on float32 NCHW arrays (already preprocessed) for logits,
+    or :meth:`predict` on images.
 
-    ``preprocessing`` says how to make those arrays from images (``input_size``,
-    ``channels``, ``mean``, ``std`` on [0, 1] pixels); ``classes`` names the outputs.
+    ``format`` is its :func:`artifact_kind`; ``preprocessing`` says how to make those arrays
+    from images and ``classes`` names the outputs; ``model`` is the network of a checkpoint
+    (``None`` for exports).
     """
 
     path: Path
     format: str
     meta: dict[str, Any]
     run: Callable[[np.ndarray], np.ndarray] = field(repr=False)
+    preprocessing: Preprocessing = field(default=None, repr=False)  # type: ignore[assignment]
+    model: nn.Module | None = field(default=None, repr=False)
 
-    @property
-    def preprocessing(self) -> dict[str, Any]:
-        return self.meta.get("preprocessing") or {}
+    def __post_init__(self) -> None:
+        if self.preprocessing is None:
+            self.preprocessing = Preprocessing.from_meta(self.meta, self.path)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, meta: dict[str, Any], path: str | os.PathLike,
+                   fmt: str = "checkpoint") -> Artifact:
+        """A PyTorch model (a loaded checkpoint, pretrained weights) behind the same interface."""
+        from ..deploy.preprocess import input_channels
+
+        model.eval()
+        pre = Preprocessing.from_meta(meta, path, channels=input_channels(model))
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return model(torch.from_numpy(x)).numpy()
+
+        return cls(Path(path), fmt, meta, _guarded(Path(path), run), pre, model)
 
     @property
     def classes(self) -> list[str] | None:
-        return self.meta.get("classes")
+        return list(self.preprocessing.classes) if self.preprocessing.classes is not None else None
 
     @property
     def int8(self) -> bool:
         return bool(self.meta.get("int8"))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         return self.run(np.ascontiguousarray(x, dtype=np.float32))
+
+    def predict(self, images: Any, top_k: int = 5, batch_size: int = 64) -> list[Any]:
+        """Top-``top_k`` classes with probabilities for each image (file paths, PIL images, or a
+        uint8/float ``(N, C, H, W)`` batch), preprocessed as :attr:`preprocessing` says, run
+        ``batch_size`` at a time (:func:`mobilenets.deploy.predict.predict_images`)."""
+        from ..deploy.predict import predict_images
+
+        return predict_images(self, self.preprocessing, images, top_k, batch_size, meta=self.meta)
 
     def as_module(self) -> nn.Module:
         """The artifact as a module from preprocessed batches to logits, so that the engine
-        that measures checkpoints (:func:`mobilenets.training.evaluate`) measures exports too."""
-        return _ArtifactModule(self)
+        that measures checkpoints (:func:`mobilenets.training.evaluate`) measures exports too;
+        a checkpoint's own network."""
+        return self.model if self.model is not None else _ArtifactModule(self)
 
 
 class _ArtifactModule(nn.Module):
@@ -113,6 +149,73 @@ def onnx_session(path: str | os.PathLike, threads: int | None = None) -> Any:
         raise MobilenetsError(f"{path} is not a loadable ONNX model: {e}") from e
 
 
+def _existing_file(path: Path, what: str) -> None:
+    """``path`` is a regular file: a FIFO would block the first read forever, a device
+    would stream without end."""
+    if not path.exists():
+        raise MobilenetsError(f"{what} not found: {path}")
+    if not path.is_file():
+        raise MobilenetsError(f"{path} is not a regular file (a pipe or a device?); give a model file")
+
+
+def artifact_kind(path: str | os.PathLike) -> str:
+    """What ``path`` is, decided once for every command: one of :data:`KINDS`. A run
+    directory is its checkpoint; int8 ONNX files are told from float ones by their metadata."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint_file(path)  # refuses a directory without a checkpoint
+        return "checkpoint"
+    _existing_file(path, "checkpoint or model file")
+    kind = _SUFFIX_KINDS.get(path.suffix)
+    if kind is None:
+        raise MobilenetsError(f"{path} is not a checkpoint or an exported model (.safetensors, "
+                              f"{', '.join(sorted(set(EXTENSIONS.values())))})")
+    if kind == "onnx" and _onnx_is_int8(path):
+        return "onnx-int8"
+    return kind
+
+
+def _onnx_is_int8(path: Path) -> bool:
+    """Whether an ONNX file's mobilenets metadata records int8 quantization (a file that does
+    not parse is left to the loader, which says why)."""
+    onnx, _ = require_onnx()
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in proto.metadata_props}
+        meta = json.loads(props.get(META_KEY, "{}"))
+    except Exception:  # noqa: BLE001 - protobuf, onnx and json raise many types for bad bytes
+        return False
+    return isinstance(meta, dict) and bool(meta.get("int8"))
+
+
+def require_checkpoint(path: str | os.PathLike, command: str, hint: str = "") -> Path:
+    """The checkpoint file ``path`` names, for a command that needs the trainable network
+    (``export``, ``bench``, ``train --init``); an export gets one error naming the way."""
+    # A missing file named as an export gets the same advice as an existing one.
+    kind = artifact_kind(path) if Path(path).exists() else _SUFFIX_KINDS.get(Path(path).suffix)
+    if kind is None:
+        raise MobilenetsError(f"checkpoint not found: {path}")
+    if kind != "checkpoint":
+        raise MobilenetsError(f"{path} is an exported model; {command} takes the .safetensors "
+                              f"checkpoint it was exported from{hint}")
+    return checkpoint_file(path)
+
+
+def load(path: str | os.PathLike, *, trust_code: bool = False, threads: int | None = None) -> Artifact:
+    """Any model file (checkpoint, run directory, ONNX, int8 ONNX, TorchScript, ``.pt2``) as
+    an :class:`Artifact`. Checkpoints load with :func:`~mobilenets.io.checkpoint.load_model`
+    (in eval mode); exports as :func:`load_artifact` says. ``threads``: onnxruntime's
+    intra-op threads, or PyTorch's (process-wide) for the others."""
+    kind = artifact_kind(path)
+    if kind != "checkpoint":
+        return _load_export(Path(path), kind, threads, trust_code)
+    file = checkpoint_file(path)
+    model, meta = load_model(file)
+    if threads:
+        torch.set_num_threads(threads)
+    return Artifact.from_model(model, meta, file)
+
+
 def load_artifact(path: str | os.PathLike, threads: int | None = None, *,
                   trust_code: bool = False) -> Artifact:
     """Load an exported ``.onnx``, TorchScript or ``.pt2`` file with its preprocessing.
@@ -121,24 +224,26 @@ def load_artifact(path: str | os.PathLike, threads: int | None = None, *,
     formats need the ``<file>.json`` sidecar written by :func:`export_model`. ``threads``
     sets onnxruntime's intra-op threads, or PyTorch's (process-wide) for the other formats.
     Each format is read so that the file cannot run code (:mod:`mobilenets.io.safety`);
-    TorchScript is a program and loads only with ``trust_code=True``.
+    TorchScript is a program and loads only with ``trust_code=True``. :func:`load` also
+    takes checkpoints.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise MobilenetsError(f"artifact not found: {path}" if not path.exists()
-                              else f"{path} is not a regular file")
-    if path.suffix not in EXTENSIONS.values():
-        raise MobilenetsError(f"{path} is not a checkpoint or an exported model (.safetensors, "
-                              f"{', '.join(sorted(set(EXTENSIONS.values())))})")
+    kind = artifact_kind(path)
+    if kind == "checkpoint":
+        raise MobilenetsError(f"{path} is a checkpoint, not an exported model; load it with "
+                              "mobilenets.io.artifact.load or mobilenets.load_model")
+    return _load_export(Path(path), kind, threads, trust_code)
+
+
+def _load_export(path: Path, kind: str, threads: int | None, trust_code: bool) -> Artifact:
     with quiet_loading(path):
-        if path.suffix == ".onnx":
-            return _load_onnx(path, threads)
-        if path.suffix == ".pt" and not trust_code:
+        if kind in ("onnx", "onnx-int8"):
+            return _load_onnx(path, kind, threads)
+        if kind == "torchscript" and not trust_code:
             refuse_torchscript(path)
-        return _load_torch(path, threads)
+        return _load_torch(path, kind, threads)
 
 
-def _load_onnx(path: Path, threads: int | None) -> Artifact:
+def _load_onnx(path: Path, kind: str, threads: int | None) -> Artifact:
     check_onnx_external_data(path)
     session = onnx_session(path, threads)
     meta_json = session.get_modelmeta().custom_metadata_map.get(META_KEY)
@@ -146,11 +251,11 @@ def _load_onnx(path: Path, threads: int | None) -> Artifact:
         raise MobilenetsError(f"{path} was not exported by mobilenets (no preprocessing "
                               "metadata); export it with `mobilenets export`")
     name = session.get_inputs()[0].name
-    return Artifact(path, "onnx", _artifact_meta(meta_json, path),
+    return Artifact(path, kind, _artifact_meta(meta_json, path),
                     _guarded(path, lambda x: session.run(None, {name: x})[0]))
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
+def _read_sidecar(path: Path, expected: str) -> dict[str, Any]:
     """The sidecar's metadata, checked to describe this very file and a known format. The
     hash proves only that the two files travelled together, not who wrote them."""
     side = sidecar_path(path)
@@ -166,17 +271,15 @@ def _read_sidecar(path: Path) -> dict[str, Any]:
     if isinstance(digest, str) and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
         raise MobilenetsError(f"{side} describes another model file than {path} (SHA-256 differs): the "
                               "model was replaced without its sidecar; export it again")
-    expected = "torchscript" if path.suffix == ".pt" else "pt2"
     if meta.get("format") != expected:
         raise MobilenetsError(f"{side}: format {meta.get('format')!r} does not match {path.name} "
                               f"(a {expected} file)")
     return meta
 
 
-def _load_torch(path: Path, threads: int | None) -> Artifact:
+def _load_torch(path: Path, fmt: str, threads: int | None) -> Artifact:
     """A TorchScript (trusted by the caller) or ``.pt2`` artifact, on PyTorch."""
-    meta = _read_sidecar(path)
-    fmt = meta["format"]
+    meta = _read_sidecar(path, fmt)
     if fmt == "pt2":
         check_pt2_members(path)
     try:
@@ -210,7 +313,7 @@ def _artifact_meta(text: str, source: Path) -> dict[str, Any]:
         raise MobilenetsError(f"{source}: metadata is not readable JSON ({e})") from e
     if not isinstance(meta, dict) or not isinstance(meta.get("preprocessing"), dict):
         raise MobilenetsError(f"{source}: metadata lacks its preprocessing; export with `mobilenets export`")
-    check_meta_fields(meta, source)
+    check_meta_fields(meta, source, model_channels=False)
     return meta
 
 

@@ -128,6 +128,8 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
         raise MobilenetsError(f"permission denied: cannot read checkpoint {path}") from e
     if not found:
         raise MobilenetsError(f"checkpoint not found: {path}")
+    if not path.is_dir() and not path.is_file():  # opening a FIFO would block forever
+        raise MobilenetsError(f"{path} is not a regular file (a pipe or a device?); give a checkpoint file")
     if path.is_dir():
         for candidate in ("best.safetensors", "model.safetensors", "last.safetensors"):
             if (path / candidate).is_file():
@@ -178,37 +180,28 @@ def _is_number(value: Any) -> bool:
     return abs(value) < 1e300 if isinstance(value, int) else math.isfinite(value)
 
 
-def check_meta_fields(meta: dict[str, Any], path: str | os.PathLike) -> None:
+def check_meta_fields(meta: dict[str, Any], path: str | os.PathLike, *, model_channels: bool = True) -> None:
     """Reject metadata whose ``classes`` or ``preprocessing`` would break a later step
-    (evaluation, prediction, export) with an obscure error: the file is corrupt or foreign."""
-    classes = meta.get("classes")
-    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)):
-        raise MobilenetsError(f"{path}: metadata 'classes' must be a list of names, got {_short(classes)}")
+    (evaluation, prediction, export) with an obscure error: the file is corrupt or foreign.
+    Preprocessing and classes are checked by :meth:`Preprocessing.from_meta`, against the
+    input channels the model options give (``model_channels``: the options rebuild the model,
+    as in a checkpoint; an export's graph is fixed and fails clearly if fed otherwise)."""
+    from ..data.preprocessing import Preprocessing, check_classes
+
     holdout = meta.get("holdout")
     if holdout is not None and not (isinstance(holdout, dict) and isinstance(holdout.get("seed"), int)
                                     and _is_number(holdout.get("val_fraction"))
                                     and 0 < holdout["val_fraction"] < 1):
         raise MobilenetsError(f"{path}: metadata 'holdout' must be a seed and a fraction in (0, 1), "
                               f"got {_short(holdout)}")
-    pre = meta.get("preprocessing")
-    if pre is None:
+    if meta.get("preprocessing") is None:
+        check_classes(meta.get("classes"), path)
         return
-    problem = None
-    if not isinstance(pre, dict):
-        problem = f"must be a mapping, got {_short(pre)}"
-    else:
-        for key, lo, hi in (("input_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), ("channels", 1, 4096)):
-            v = pre.get(key, lo)  # input_size: the bounds training has (--image-size)
-            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-                problem = f"{key} must be an integer in {lo}..{hi}, got {_short(v)}"
-        for key in ("mean", "std"):
-            v = pre.get(key, [1.0])
-            if not isinstance(v, list) or not v or not all(_is_number(x) for x in v) \
-                    or (key == "std" and any(x == 0 for x in v)) \
-                    or ("channels" in pre and len(v) != pre["channels"]):
-                problem = f"{key} must be one finite number per channel (std non-zero), got {_short(v)}"
-    if problem:
-        raise MobilenetsError(f"{path}: metadata preprocessing {problem}")
+    kwargs = meta.get("model_kwargs")
+    in_chans = kwargs.get("in_chans", 3) if isinstance(kwargs, dict) and model_channels else None
+    # Options out of range are reported by check_model_kwargs, with their own message.
+    valid = isinstance(in_chans, int) and not isinstance(in_chans, bool) and 1 <= in_chans <= 4096
+    Preprocessing.from_meta(meta, path, channels=in_chans if valid else None)
 
 
 def check_model_kwargs(name: str, kwargs: dict[str, Any], source: str) -> None:

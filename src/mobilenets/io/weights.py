@@ -128,9 +128,10 @@ def entry_options(entry: WeightsEntry) -> dict[str, Any]:
 
 def entry_preprocessing(entry: WeightsEntry) -> dict[str, Any]:
     """The checkpoint metadata's ``preprocessing`` for ``entry``."""
+    from ..data.preprocessing import Preprocessing
+
     p = entry.preprocessing
-    return {"input_size": p.crop, "resize_size": p.resize, "interpolation": p.interpolation,
-            "mean": list(p.mean), "std": list(p.std)}
+    return Preprocessing(p.crop, 3, p.mean, p.std, p.resize, p.interpolation).record()
 
 
 # ----------------------------------------------------------------------------- loading

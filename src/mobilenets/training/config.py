@@ -201,12 +201,9 @@ def config_from_init(config: TrainConfig, meta: dict[str, Any]) -> TrainConfig:
 
 def read_init(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The tensors and metadata of the ``--init`` checkpoint (not an exported model)."""
-    from ..deploy.export import EXTENSIONS
+    from ..io.artifact import require_checkpoint
 
-    if Path(path).suffix in EXTENSIONS.values():
-        raise MobilenetsError(f"{path} is an exported model; --init takes the .safetensors "
-                              "checkpoint it was exported from")
-    return read_checkpoint(path)
+    return read_checkpoint(require_checkpoint(path, "--init"))
 
 
 def read_saved_config(run_dir: Path) -> tuple[TrainConfig, int]:

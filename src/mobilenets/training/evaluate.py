@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.augment import normalize
+from ..data.preprocessing import Preprocessing
 from ..errors import MobilenetsError
 from .batches import iterate
 from .precision import autocast_dtype
@@ -31,7 +32,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Any, preprocessing: dict[str, Any], batch_size: int = 512,
+def evaluate(model: nn.Module, dataset: Any, preprocessing: Preprocessing | dict[str, Any], batch_size: int = 512,
              channels_last: bool = True, precision: str = "fp32", workers: int = 0,
              rank: int = 0, world_size: int = 1, device: torch.device | None = None,
              tta: bool = False) -> EvalResult:
@@ -43,6 +44,10 @@ def evaluate(model: nn.Module, dataset: Any, preprocessing: dict[str, Any], batc
     cost, and only sound for models trained with horizontal flips (as every recipe here
     is); training itself always evaluates without it.
     """
+    # Only the normalization matters here (the dataset already has the input size): a dict
+    # with just ``mean`` and ``std`` is enough.
+    mean, std = ((preprocessing.mean, preprocessing.std) if isinstance(preprocessing, Preprocessing)
+                 else (preprocessing["mean"], preprocessing["std"]))
     model.eval()
     if device is None:
         device = next(iter(model.parameters()), torch.empty(0)).device
@@ -53,7 +58,7 @@ def evaluate(model: nn.Module, dataset: Any, preprocessing: dict[str, Any], batc
     loss_sum = torch.zeros((), dtype=torch.float64)
     top5 = torch.zeros((), dtype=torch.int64)
     for images, labels in iterate(dataset, torch.arange(rank, len(dataset), world_size), batch_size, workers):
-        x = normalize(images, preprocessing["mean"], preprocessing["std"]).to(device)
+        x = normalize(images, mean, std).to(device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):

@@ -11,6 +11,7 @@ import torch
 
 from ..data.augment import channel_stats, normalize, random_crop_flip, random_erasing
 from ..data.datasets import DEFAULT_VAL_FRACTION, TensorImages, holdout_split, load_dataset, splits_from_train
+from ..data.preprocessing import Preprocessing
 from ..errors import MobilenetsError
 from ..models.conventions import IMAGENET_MEAN, IMAGENET_STD
 from ..models.registry import model_options
@@ -73,8 +74,8 @@ def default_preprocessing(train_set: Any) -> dict[str, Any]:
         mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
     else:
         mean, std = [0.5] * channels, [0.5] * channels
-    return {"input_size": train_set.image_size, "channels": channels, "mean": mean, "std": std,
-            "resize": "shorter side to input_size, centre crop"}
+    pre = Preprocessing(train_set.image_size, channels, mean, std)  # validated like any loaded file's
+    return {**pre.record(), "resize": "shorter side to input_size, centre crop"}
 
 
 def init_preprocessing(meta: dict[str, Any], channels: int, preprocessing: dict[str, Any]) -> dict[str, Any]:
