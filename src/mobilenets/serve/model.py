@@ -5,11 +5,12 @@ loader, with its own safety checks) or published weights (``--pretrained``), and
 the same :class:`ServedModel`. The artifact branch is one function, :func:`_from_artifact`, so
 that moving to ``mobilenets.io.artifact.load`` (a ``.predict`` interface) changes it alone.
 Uploaded images are decoded and preprocessed exactly as ``mobilenets predict`` does
-(:func:`mobilenets.deploy.predict.preprocess_images`), behind Pillow's decompression-bomb limit.
+(:meth:`mobilenets.data.preprocessing.Preprocessing.apply`), behind Pillow's decompression-bomb limit.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import re
@@ -21,7 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..deploy.predict import classes_of, preprocess_images
+from ..data.images import load_image
+from ..data.preprocessing import Preprocessing
+from ..deploy.predict import classes_of
 from ..errors import MobilenetsError
 
 #: The metadata keys ``GET /v1/model`` shows besides the computed ones.
@@ -54,6 +57,11 @@ class ServedModel:
         prep.setdefault("channels", (self.meta.get("model_kwargs") or {}).get("in_chans", 3))
         return prep
 
+    @functools.cached_property
+    def validated_preprocessing(self) -> Preprocessing:
+        """:attr:`preprocessing` as the one :class:`Preprocessing` type, checked once."""
+        return Preprocessing.from_meta({"preprocessing": self.preprocessing}, self.name)
+
     @property
     def num_classes(self) -> int:
         return int(self.card.get("num_classes") or len(self.meta.get("classes") or []))
@@ -62,7 +70,8 @@ class ServedModel:
         """One upload → its ``(C, S, S)`` input, or :class:`BadImage` (400, or 413 for a bomb)."""
         check_image_bytes(data)
         try:
-            return preprocess_images([io.BytesIO(data)], self.preprocessing)[0]
+            pre = self.validated_preprocessing
+            return pre.apply([load_image(io.BytesIO(data), pre.channels)])[0]
         except MobilenetsError as e:
             cause = e.__cause__
             why = f"{type(cause).__name__}: {cause}" if cause is not None else str(e)
@@ -73,7 +82,7 @@ class ServedModel:
         """Top-k ``{"class", "probability"}`` lists for each image of a preprocessed batch."""
         with torch.inference_mode():
             probs = torch.as_tensor(self.logits(batch)).float().softmax(dim=1)
-        classes = classes_of(self.meta, probs.shape[1])
+        classes = classes_of(self.meta.get("classes"), probs.shape[1])
         values, indices = probs.topk(min(top_k, probs.shape[1]), dim=1)
         return [[{"class": classes[int(i)], "probability": float(v)} for v, i in zip(vs, ix)]
                 for vs, ix in zip(values, indices)]
