@@ -242,7 +242,8 @@ def test_qat_user_errors(float_run, tmp_path, capsys):
                  "--out", str(tmp_path / "c")]) == 2
     assert "holds mobilenet_v3_small" in capsys.readouterr().err
     other = make_idx_dir(tmp_path / "other", n_train=32, n_test=16, classes=3)
-    assert main(["train", "--qat", "--init", str(init), "--data", str(other), "--out", str(tmp_path / "d")]) == 2
+    assert main(["train", "--qat", "--init", str(init), "--data", str(other), "--out", str(tmp_path / "d"),
+                 "--batch-size", "8"]) == 2
     assert "trained on classes" in capsys.readouterr().err
 
 

@@ -84,7 +84,7 @@ def precise_bn_for_run(trainer: Any) -> None:
     """Before a :class:`.Trainer` validates (and so saves): recompute the BatchNorm
     statistics of its model, and of its EMA copy, unless ``--no-precise-bn``."""
     cfg = trainer.cfg
-    if not cfg.precise_bn:
+    if not cfg.precise_bn or cfg.qat:  # QAT keeps the statistics the int8 export folds in
         return
     for model in [trainer.model] + ([trainer.ema.module] if trainer.ema is not None else []):
         batches = bn_batches(trainer.train_set, trainer.preprocessing, cfg, trainer.epoch, trainer.rank,

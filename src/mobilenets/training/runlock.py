@@ -32,6 +32,7 @@ def run_lock(run_dir: Path, take: bool = True) -> Iterator[None]:
     if not take:
         yield
         return
+    created = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a parent is a file, read-only file system, ...
@@ -55,5 +56,17 @@ def run_lock(run_dir: Path, take: bool = True) -> Iterator[None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
+    except BaseException:
+        if created and [p.name for p in run_dir.iterdir()] == [LOCK_NAME]:
+            _remove_empty_run_dir(run_dir)  # a run that failed to start leaves no folder behind
+        raise
     finally:
         os.close(fd)  # releases the lock
+
+
+def _remove_empty_run_dir(run_dir: Path) -> None:
+    try:
+        (run_dir / LOCK_NAME).unlink()
+        run_dir.rmdir()
+    except OSError:  # someone else wrote there meanwhile: leave it
+        pass

@@ -122,7 +122,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         model = create_model(self.cfg.model, **self.model_kwargs)
         if init is not None:
-            for line in load_transfer(model, *init, self.classes, source=self.cfg.init):
+            for line in load_transfer(model, *init, self.classes, source=self.cfg.init,
+                                      same_classes=self.cfg.qat):
                 self._log(line)
         self._log(apply_freeze(model, self.cfg))
         return model

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import MobilenetsError
 from ..io.checkpoint import load_state, model_weights
 
 #: The stem convolution's weight: the only tensor whose input channels depend on the data.
@@ -86,10 +87,15 @@ def _split_head(model: nn.Module, tensors: dict[str, torch.Tensor], keep_head: b
 
 
 def load_transfer(model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
-                  classes: list[str], source: str) -> list[str]:
+                  classes: list[str], source: str, *, same_classes: bool = False) -> list[str]:
     """Load the source's weights into ``model`` (built for the data's classes and channels)
     and return what was changed, as log lines. The classifier keeps its fresh initialisation
-    where the classes differ; every other tensor must be present and fit, else one error."""
+    where the classes differ (unless ``same_classes``: QAT makes the model int8-ready as it
+    is); every other tensor must be present and fit, else one error."""
+    if same_classes and not keeps_classifier(meta, classes):
+        raise MobilenetsError(f"{source} was trained on classes {source_classes(meta)} but the data "
+                              f"has {classes}; --qat prepares that very model for int8: fine-tune it "
+                              "on the new classes first (--init), then run --qat on the result")
     tensors = dict(model_weights(tensors))
     tensors, head_notes = _split_head(model, tensors, keeps_classifier(meta, classes))
     lines = []
