@@ -67,9 +67,10 @@ def machine_name(m: dict) -> str:
     if isa == {"avx2"}:
         features = "AVX2 only"
     else:
-        names = [("avx512_bf16", "AVX-512-BF16"), ("avx512_vnni", "VNNI"), ("amx_tile", "AMX")]
+        amx = {"amx_tile", "amx_bf16", "amx_int8"} & isa
+        names = [("avx512_bf16", "AVX-512-BF16"), ("avx512_vnni", "VNNI")]
         features = ", ".join(label for key, label in names if key in isa) or "ISA not recorded"
-        features += ", no AMX" if isa and "amx_tile" not in isa else ""
+        features += (", AMX" if amx else ", no AMX") if isa else ""
     cpus = m.get("logical_cpus")
     name = f"{cpus}-core {cpu}" if cpus else cpu
     return f"{name[:-1]}, {features})" if name.endswith(")") else f"{name} ({features})"
@@ -355,10 +356,29 @@ def serve_load_table(results: Results) -> str:
             + caption(results, "serve_load.json"))
 
 
+def transfer_table(results: Results) -> str:
+    d = results("transfer.json")
+    cells = {(s["model"], s["per_class"], s["method"]): s for s in d["summary"]}
+    methods = ("linear_probe", "finetune", "scratch")
+    rows = []
+    for model, k in dict.fromkeys((s["model"], s["per_class"]) for s in d["summary"]):
+        got = [cells.get((model, k, m)) for m in methods]
+        rows.append([f"`{model}` ({d['widths'].get(model, 1.0)})", str(k)]
+                    + ["–" if s is None else f"{100 * s['mean']:.1f} ± {100 * s['std']:.1f} % ({s['seeds']})"
+                       for s in got])
+    header = ["model (width)", "images per class", "linear probe", "fine-tune", "from scratch"]
+    return (markdown(header, rows, left=2) + f"\n\nFashion-MNIST: pretrained from scratch on "
+            f"{d['pretrain_images']:,} images of classes 0-4 for {d['pretrain_epochs']} epochs, then "
+            "trained on classes 5-9 with 10 or 100 images per class and tested on all 5,000 test images "
+            "of classes 5-9; mean ± std of test top-1 over (seeds), the same number of steps per method."
+            + caption(results, "transfer.json"))
+
+
 TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "summary": summary_table,
     **{f"fmnist-{g}": partial(fmnist_table, g) for g in ("zen4", "side-by-side", "intel", "older")},
     "ddp-scaling": ddp_table,
+    "transfer": transfer_table,
     "quant-accuracy": quant_table,
     "int8-weight-range": weight_range_table,
     "qat-fidelity": qat_fidelity_table,
