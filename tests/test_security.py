@@ -310,3 +310,13 @@ def test_the_policy_table_names_every_loadable_suffix() -> None:
     covered = {s for row in safety.POLICY for s in row.suffixes}
     assert set(EXTENSIONS.values()) | {".safetensors", ".pth", ".bin", ".h5"} <= covered
     assert {row.format for row in safety.POLICY if row.can_carry_code} >= {"pt2", "torchscript"}
+
+
+@pytest.mark.parametrize("kind", ["pt2-extra-member", "pt2-program-target", "torchscript-payload"])
+def test_serve_refuses_crafted_models_before_it_listens(kind: str, made, tmp_path: Path, capfd) -> None:
+    """``serve`` loads through the same gate: a crafted model is one error line, no server."""
+    pytest.importorskip("fastapi")
+    marker = tmp_path / "PWNED"
+    evil = crafted(kind, made, tmp_path, marker)
+    one_error(capfd, ["serve", str(evil), "--port", "0"])
+    assert not marker.exists()
