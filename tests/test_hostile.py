@@ -135,7 +135,7 @@ def test_metadata_channels_must_match_the_weights(ckpt: Path, tmp_path: Path, im
     bad = rewrite(ckpt, tmp_path / "ch.safetensors", meta_change=lambda m: m["preprocessing"].update(
         channels=3, mean=[0.5] * 3, std=[0.25] * 3))
     line = cli_error(capsys, ["predict", str(bad), str(image)])
-    assert "metadata preprocessing says 3 input channels but the weights' first convolution takes 1" in line
+    assert "preprocessing says 3 input channels, the model has 1; the metadata does not fit the weights" in line
 
 
 @pytest.mark.parametrize("size", [16384, 4, 1025])
