@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_robustness import rewrite_checkpoint
 import torch
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from mobilenets import MobilenetsError, create_model, save_model
 from mobilenets.cli.main import main
@@ -55,15 +54,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def rewrite(src: Path, dst: Path, meta_change=None, tensor_change=None) -> Path:
     """A copy of a checkpoint with its metadata or tensors edited, as a hostile file would be."""
-    with safe_open(str(src), framework="pt") as f:
-        meta = json.loads(f.metadata()["mobilenets"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if meta_change:
-        meta_change(meta)
-    if tensor_change:
-        tensor_change(tensors)
-    save_file(tensors, str(dst), metadata={"mobilenets": json.dumps(meta)})
-    return dst
+    return rewrite_checkpoint(src, dst, meta_change, tensor_change)
 
 
 # --------------------------------------------------------------------------- command lines

@@ -14,14 +14,12 @@ rank 0's line: that report is torchrun's, outside this process.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import os
 import time
-from collections.abc import Iterator
 
 from ..errors import MobilenetsError
+from ..logs import captured_logs
 
 #: Set by :func:`launch` for its workers: the launcher reports their errors.
 LAUNCHED_ENV = "MOBILENETS_TORCHRUN_LAUNCHER"
@@ -46,24 +44,10 @@ def report_worker_error(message: str) -> bool:
     return not os.environ.get(LAUNCHED_ENV) and os.environ.get("RANK", "0") == "0"
 
 
-@contextlib.contextmanager
-def _quiet_torchrun() -> Iterator[None]:
+def _quiet_torchrun() -> contextlib.AbstractContextManager[None]:
     """torchrun's ``W``/``E`` log lines (its OMP_NUM_THREADS notice, "failed (exitcode: 2)")
     go to the ``mobilenets`` logger at DEBUG level, which ``--verbose`` shows."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    saved = []
-    for name in _TORCHRUN_LOGGERS:
-        logger = logging.getLogger(name)
-        saved.append((logger, logger.handlers[:], logger.propagate))
-        logger.handlers, logger.propagate = [handler], False
-    try:
-        yield
-    finally:
-        for logger, handlers, propagate in saved:
-            logger.handlers, logger.propagate = handlers, propagate
-        if buffer.getvalue():
-            logging.getLogger("mobilenets").debug("torchrun:\n%s", buffer.getvalue())
+    return captured_logs(_TORCHRUN_LOGGERS, "torchrun")
 
 
 def launch(torchrun_args: list[str], out: str) -> None:

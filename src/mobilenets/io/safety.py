@@ -28,9 +28,7 @@ file proves only that the two travelled together. The defence is in how each for
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import os
 import re
 import zipfile
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MobilenetsError
+from ..logs import captured_logs
 
 
 @dataclass(frozen=True)
@@ -249,24 +248,8 @@ def check_onnx_external_data(path: Path) -> None:
 _NOISY_LOGGERS = ("torch", "torch.export", "torch._export", "torch.fx", "onnxruntime")
 
 
-@contextlib.contextmanager
-def quiet_loading(path: Path) -> Iterator[None]:
+def quiet_loading(path: Path) -> contextlib.AbstractContextManager[None]:
     """Capture what torch's loggers say while ``path`` loads (a dozen ``W...`` lines and a
-    traceback for a refused ``.pt2``), so that a user sees our one error line. The capture
-    goes to the ``mobilenets`` logger at DEBUG level, which ``mobilenets --verbose`` shows."""
-    buffer = io.StringIO()
-    handler = logging.StreamHandler(buffer)
-    saved = []
-    for name in _NOISY_LOGGERS:
-        logger = logging.getLogger(name)
-        saved.append((logger, logger.handlers[:], logger.propagate))
-        logger.handlers = [handler]
-        logger.propagate = False
-    try:
-        yield
-    finally:
-        for logger, handlers, propagate in saved:
-            logger.handlers = handlers
-            logger.propagate = propagate
-        if buffer.getvalue():
-            logging.getLogger("mobilenets").debug("while loading %s:\n%s", path, buffer.getvalue())
+    traceback for a refused ``.pt2``), so that a user sees our one error line; ``--verbose``
+    shows it (:func:`mobilenets.logs.captured_logs`)."""
+    return captured_logs(_NOISY_LOGGERS, f"while loading {path}")
