@@ -17,7 +17,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH)
-	$(BIN)/pip install --quiet -e '.[test,keras,onnx,serve]'
+	$(BIN)/pip install --quiet -e '.[test,all]'
 	touch $(STAMP)
 
 venv: $(STAMP)
