@@ -33,7 +33,7 @@ def run_export(args: argparse.Namespace) -> int:
                                reduce_range=args.reduce_range)
     print(result.summary())
     for extra in result.files[1:]:
-        print(f"metadata -> {extra}")
+        print(f"{'metadata' if extra.suffix == '.json' else 'with'} -> {extra}")
     return 0
 
 

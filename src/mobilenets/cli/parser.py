@@ -11,6 +11,7 @@ import argparse
 from ..analysis.paper import TOPICS
 from ..deploy.bench import BACKENDS, DEFAULT_BACKENDS
 from ..deploy.export import FORMATS
+from ..io.artifact import EXTENSIONS
 from ..training.recipes import RECIPES
 from .arguments import Parser
 from .options import add_model_options, add_reuse_memory_option
@@ -167,7 +168,7 @@ def _add_recipe_overrides(p: argparse.ArgumentParser) -> None:
 def _add_eval(sub: _Commands) -> None:
     p = sub.add_parser("eval", help="accuracy, per-class accuracy and confusion matrix of a checkpoint")
     p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint, a run directory, or an "
-                                                 "exported .onnx/.pt/.pt2 file (int8 included)")
+                                                 "exported model file (int8 included)")
     _add_model_source(p)
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -230,17 +231,19 @@ def _add_paper(sub: _Commands) -> None:
 
 
 def _add_export(sub: _Commands) -> None:
-    p = sub.add_parser("export", help="export a checkpoint (ONNX, TorchScript, pt2; optional "
-                                      "int8), checked against PyTorch",
+    p = sub.add_parser("export", help="export a checkpoint (ONNX, TorchScript, pt2, OpenVINO, "
+                                      "ExecuTorch, LiteRT; optional int8), checked against PyTorch",
                        description="BatchNorm is folded and dropout removed; the batch size "
                                    "stays dynamic. The file is reloaded in its runtime and "
                                    "compared with the PyTorch model; a mismatch is an error.")
     p.add_argument("checkpoint", help="a mobilenets .safetensors checkpoint (or its run directory)")
     p.add_argument("--format", default="onnx", help=f"{' | '.join(FORMATS)} (default onnx)")
     p.add_argument("-o", "--output", help="output file (default: next to the checkpoint, "
-                                          ".onnx / .int8.onnx / .pt / .pt2)")
+                                          f"{' / '.join(EXTENSIONS[f] for f in FORMATS)}, "
+                                          "with .int8 before the suffix for int8)")
     p.add_argument("--int8", action="store_true",
-                   help="post-training static int8 quantization (ONNX, onnxruntime)")
+                   help="post-training static int8 quantization with the format's own "
+                        "quantizer (onnxruntime, NNCF, ...: docs/deployment.md)")
     p.add_argument("--calibration-data", metavar="PATH",
                    help="dataset name or directory whose training images (or a flat folder of images) calibrate int8 "
                         "(and serve as parity inputs)")

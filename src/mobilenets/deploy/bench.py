@@ -22,6 +22,8 @@ Backends (:data:`BACKENDS`):
   measures its accuracy.
 * ``onnxruntime`` / ``onnxruntime-int8``: the exported ONNX file, float and int8
   (:mod:`mobilenets.deploy.onnx`, :mod:`mobilenets.deploy.int8`), on onnxruntime's CPU provider.
+* ``openvino``, ``executorch``, ``litert`` and their ``-int8`` variants: the model converted
+  and quantized by each runtime's own tools and run in it (:mod:`mobilenets.deploy.runtimes`).
 
 A backend that cannot be built or run here (no C++ compiler for ``torch.compile``, no
 bf16 instructions, no ``onnxruntime``) is reported as unavailable, with the reason,
@@ -45,7 +47,7 @@ from torch import nn
 
 from ..analysis.profile import profile
 from ..errors import MobilenetsError
-from ..io.artifact import onnx_session, torchscript_quietly
+from ..io.artifact import EXTENSIONS, onnx_session, torchscript_quietly
 from ..models.conventions import check_choice
 from ..ops import cpu
 from .export import artifact_metadata
@@ -53,11 +55,13 @@ from .fold import bf16_inference, prepare_for_inference
 from .int8 import quantize_onnx
 from .onnx import onnx_bytes
 from .preprocess import input_channels
+from .runtimes import RUNTIMES, require
 from .timing import (CONTENTION_LIMIT, ROUNDS, load_average, machine_info, matmul_peak, measure,
                      percentile, torch_threads, warm_up)
 
 BACKENDS: tuple[str, ...] = ("eager", "channels_last", "torchscript", "compile", "compile-bf16",
-                             "onnxruntime", "onnxruntime-int8")
+                             "onnxruntime", "onnxruntime-int8",
+                             *(name for fmt in RUNTIMES for name in (fmt, f"{fmt}-int8")))
 DEFAULT_BACKENDS: tuple[str, ...] = ("eager", "channels_last", "compile", "onnxruntime",
                                      "onnxruntime-int8")
 #: Inductor options of the compiling backends, from the interleaved A/B of
@@ -259,9 +263,29 @@ class _Backends:
                 with torch.inference_mode():
                     return module(xc)
             return run
+        if backend.removesuffix("-int8") in RUNTIMES:
+            fn, xn = self._runtime(backend), x.numpy()
+            return lambda: fn(xn)
         session = self._session(backend)
         feed = {session.get_inputs()[0].name: x.numpy()}
         return lambda: session.run(None, feed)
+
+    def _runtime(self, backend: str) -> Callable[[Any], Any]:
+        """A runtime's artifact, converted once (int8: calibrated on random images, which
+        give its latency but not its accuracy) and loaded with the run's threads."""
+        if backend not in self.sessions:
+            fmt = backend.removesuffix("-int8")
+            runtime = require(fmt)
+            c, s = self.pre["channels"], self.pre["input_size"]
+            g = torch.Generator().manual_seed(0)
+            calibration = None
+            if backend.endswith("-int8"):
+                calibration = torch.randn(16, c, s, s, generator=g).numpy()
+                self.notes[backend] = "calibrated on random images (latency only)"
+            path = self.workdir / f"{backend}{EXTENSIONS[fmt]}"
+            runtime.convert(self.ready, torch.randn(2, c, s, s, generator=g), path, calibration)
+            self.sessions[backend] = runtime.load(path, self.threads)
+        return self.sessions[backend]
 
 
 def _check_arguments(batches: Sequence[int], resolution: int, backends: Sequence[str]) -> None:

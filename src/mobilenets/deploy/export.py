@@ -26,6 +26,7 @@ The names that lived here before the split (``fold_batchnorm``, ``quantize_onnx`
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
 import json
 import math
@@ -52,9 +53,10 @@ from .fold import Bf16Inference, bf16_inference, fold_batchnorm, fold_conv_bn_, 
 from .int8 import INT8_NOTE, quantize_onnx
 from .int8_rewrite import int8_friendly
 from .onnx import ONNX_OPSET, onnx_bytes
-from .parity import FLOAT_TOLERANCE, INT8_TOLERANCE, Parity, check_parity
+from .parity import FLOAT_TOLERANCE, INT8_TOLERANCE, Parity, check_parity, top1_agreement
 from .preprocess import input_channels, preprocess, resolve_preprocessing
 from .pt2 import pt2_bytes
+from .runtimes import RUNTIMES, require
 from .torchscript import torchscript_bytes
 from .tracing import INPUT_NAME, OUTPUT_NAME
 
@@ -69,7 +71,10 @@ __all__ = [
     "sidecar_path", "torchscript_bytes", "torchscript_quietly",
 ]
 
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2")
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2", *RUNTIMES)
+#: The formats that ``int8=True`` quantizes: ONNX through onnxruntime, the runtimes through
+#: their own quantizers.
+INT8_FORMATS: tuple[str, ...] = ("onnx", *RUNTIMES)
 
 
 def artifact_metadata(model: nn.Module, preprocessing: dict[str, Any],
@@ -83,10 +88,15 @@ def artifact_metadata(model: nn.Module, preprocessing: dict[str, Any],
     return meta
 
 
-def _write_sidecar(path: Path, meta: dict[str, Any], data: bytes) -> None:
-    """The sidecar records the artifact's SHA-256, so that a model file later replaced
-    beside it is refused instead of served with another model's classes and normalization."""
+def _write_sidecar(path: Path, meta: dict[str, Any], data: bytes,
+                   companions: Sequence[Path] = ()) -> None:
+    """The sidecar records the SHA-256 of the artifact (and of its companion files, keyed by
+    suffix), so that a model file later replaced beside it is refused instead of served
+    with another model's classes and normalization."""
     meta = {**meta, "artifact_sha256": hashlib.sha256(data).hexdigest()}
+    if companions:
+        meta["companions_sha256"] = {p.suffix: hashlib.sha256(p.read_bytes()).hexdigest()
+                                     for p in companions}
     atomic_write_bytes(sidecar_path(path), (json.dumps(meta, indent=2) + "\n").encode())
 
 
@@ -99,29 +109,38 @@ class ExportResult:
     int8: bool
     parity: Parity
     files: list[Path]
-    #: int8 only: whether the weights were rounded to 7 bits (:func:`quantize_onnx`).
+    #: int8 ONNX only: whether the weights were rounded to 7 bits (:func:`quantize_onnx`).
     reduce_range: bool | None = None
+    #: int8 only: top-1 agreement with the float model on every calibration image.
+    agreement: float | None = None
 
     def summary(self) -> str:
-        kind = self.format
+        kind = self.format if self.format != "onnx" else "ONNX"
         if self.int8:
-            kind = "int8 ONNX" + (" (7-bit weights, for x86 CPUs without VNNI)" if self.reduce_range else "")
-        return f"exported {kind} -> {self.path}\nparity: {self.parity.summary()}"
+            kind = f"int8 {kind}" + (" (7-bit weights, for x86 CPUs without VNNI)" if self.reduce_range else "")
+        lines = [f"exported {kind} -> {self.path}", f"parity: {self.parity.summary()}"]
+        if self.agreement is not None:
+            lines.append(f"int8 top-1 agreement with the float model: {self.agreement:.1%} of the "
+                         "calibration images (accuracy on held-out data: mobilenets eval FILE --data ...)")
+        return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- checks
 
 def _check_request(fmt: str, int8: bool, reduce_range: bool | None = None) -> None:
     check_choice("format", fmt, FORMATS)
-    if int8 and fmt != "onnx":
-        raise MobilenetsError(f"int8 export is ONNX only (onnxruntime quantization), "
-                              f"not {fmt}; use --format onnx")
-    if reduce_range is not None and not int8:
-        raise MobilenetsError("--reduce-range chooses the int8 weight range; it needs --int8")
+    if int8 and fmt not in INT8_FORMATS:
+        raise MobilenetsError(f"int8 export is for {', '.join(INT8_FORMATS)}, not {fmt}")
+    if reduce_range is not None and not (int8 and fmt == "onnx"):
+        raise MobilenetsError("--reduce-range chooses onnxruntime's int8 weight range; it needs "
+                              "--format onnx --int8")
+    if fmt in RUNTIMES:
+        require(fmt)  # a missing extra is said before any work
 
 
 def default_output(checkpoint: str | os.PathLike, fmt: str, int8: bool = False) -> Path:
-    """``run/best.safetensors`` (or ``run``) → ``run/best.onnx`` (``.int8.onnx``, ``.pt``, ``.pt2``)."""
+    """``run/best.safetensors`` (or ``run``) → ``run/best.onnx`` (``.int8.onnx``, ``.pt``,
+    ``.pt2``, ``.xml``, ...)."""
     base = checkpoint_file(checkpoint).with_suffix("")
     return base.with_name(base.name + (".int8" if int8 else "") + EXTENSIONS[fmt])
 
@@ -145,11 +164,11 @@ def _check_tolerance(tolerance: float | None) -> None:
 
 def _write(ready: nn.Module, fmt: str, staged: Path, meta: dict[str, Any],
            preprocessing: dict[str, Any], calibration_images: torch.Tensor | None,
-           reduce_range: bool | None) -> None:
-    """Write the artifact (and its sidecar) to ``staged``; int8 when ``reduce_range`` is set."""
+           reduce_range: bool | None, int8: bool) -> None:
+    """Write the artifact (and its sidecar) to ``staged``, int8 when ``int8``."""
     if fmt == "onnx":
         data = onnx_bytes(ready, preprocessing, meta)
-        if reduce_range is None:
+        if not int8:
             atomic_write_bytes(staged, data)
             return
         with tempfile.TemporaryDirectory(prefix="mobilenets-export-") as tmp:
@@ -157,10 +176,27 @@ def _write(ready: nn.Module, fmt: str, staged: Path, meta: dict[str, Any],
             fp32.write_bytes(data)
             quantize_onnx(fp32, staged, calibration_images, preprocessing, reduce_range=reduce_range)
         return
+    if fmt in RUNTIMES:
+        _write_runtime(ready, fmt, staged, meta, preprocessing, calibration_images if int8 else None)
+        return
     data = torchscript_bytes(ready, preprocessing) if fmt == "torchscript" \
         else pt2_bytes(ready, preprocessing)
     atomic_write_bytes(staged, data)
     _write_sidecar(staged, meta, data)
+
+
+def _write_runtime(ready: nn.Module, fmt: str, staged: Path, meta: dict[str, Any],
+                   preprocessing: dict[str, Any], calibration_images: torch.Tensor | None) -> None:
+    """A runtime's artifact through its own converter (:mod:`.runtimes`), then the sidecar."""
+    runtime = require(fmt)
+    c, s = preprocessing["channels"], preprocessing["input_size"]
+    example = torch.randn(2, c, s, s, generator=torch.Generator().manual_seed(0))
+    calibration = None
+    if calibration_images is not None:
+        calibration = preprocess(calibration_images, preprocessing)
+        meta = {**meta, "int8": {"method": runtime.INT8_NOTE, "calibration_images": len(calibration)}}
+    files = runtime.convert(ready, example, staged, calibration)
+    _write_sidecar(staged, meta, staged.read_bytes(), files[1:])
 
 
 def _parity_inputs(calibration_images: torch.Tensor | None,
@@ -175,12 +211,17 @@ def _parity_inputs(calibration_images: torch.Tensor | None,
 
 
 def _accept(staged: Path, output: Path, fmt: str, reference: nn.Module,
-            parity_inputs: tuple[np.ndarray, bool], tolerance: float) -> Parity:
+            parity_inputs: tuple[np.ndarray, bool], tolerance: float,
+            agreement_inputs: np.ndarray | None) -> tuple[Parity, float | None, list[Path]]:
     """Move ``staged`` to ``output`` if it reproduces ``reference``; otherwise keep it
-    beside ``output`` as ``*.rejected*`` and raise."""
+    beside ``output`` as ``*.rejected*`` and raise. Returns the parity, the top-1 agreement
+    with ``reference`` on ``agreement_inputs`` (int8: every calibration image) and the files."""
     inputs, are_images = parity_inputs
     try:
-        parity = check_parity(load_artifact(staged, trust_code=True), reference, inputs, tolerance)
+        artifact = load_artifact(staged, trust_code=True)
+        parity = check_parity(artifact, reference, inputs, tolerance)
+        agreement = (top1_agreement(artifact, reference, agreement_inputs)
+                     if agreement_inputs is not None and parity.ok else None)
     except BaseException:
         _discard(staged)
         raise
@@ -191,8 +232,7 @@ def _accept(staged: Path, output: Path, fmt: str, reference: nn.Module,
         raise MobilenetsError(f"the {fmt} export does not reproduce the PyTorch model{on_noise}: "
                               f"{parity.summary()}; it is kept for inspection as {rejected}"
                               + (f", and {output} is unchanged" if output.exists() else ""))
-    _move(staged, output)
-    return parity
+    return parity, agreement, _move(staged, output)
 
 
 def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
@@ -218,7 +258,7 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
     output = Path(output)
     _check_output(output, fmt)
     _check_tolerance(tolerance)
-    if int8 and reduce_range is None:
+    if int8 and fmt == "onnx" and reduce_range is None:
         from ..ops.cpu import reduce_range_default
         reduce_range = reduce_range_default()
     reference = copy.deepcopy(model).eval()
@@ -227,24 +267,34 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
     # a failed export never replaces the artifact that was there.
     staged = output.with_name(f".{output.stem}.staging{output.suffix}")
     _write(prepare_for_inference(model), fmt, staged, meta, preprocessing, calibration_images,
-           reduce_range if int8 else None)
+           reduce_range if int8 else None, int8)
     if tolerance is None:
         tolerance = INT8_TOLERANCE if int8 else FLOAT_TOLERANCE
-    parity = _accept(staged, output, fmt, reference,
-                     _parity_inputs(calibration_images, preprocessing), tolerance)
-    files = [output] if fmt == "onnx" else [output, sidecar_path(output)]
-    return ExportResult(output, fmt, int8, parity, files, reduce_range if int8 else None)
+    parity, agreement, files = _accept(
+        staged, output, fmt, reference, _parity_inputs(calibration_images, preprocessing),
+        tolerance, preprocess(calibration_images, preprocessing) if int8 else None)
+    return ExportResult(output, fmt, int8, parity, files, reduce_range if int8 else None, agreement)
 
 
-def _move(src: Path, dst: Path) -> None:
-    """An artifact and its sidecar (if any) renamed together."""
-    if sidecar_path(src).exists():
-        os.replace(sidecar_path(src), sidecar_path(dst))
-    os.replace(src, dst)
+def _staged_files(staged: Path) -> list[Path]:
+    """Everything written under the staging name: the artifact, its sidecar, its companions."""
+    return sorted(p for p in staged.parent.glob(f"{glob.escape(staged.stem)}.*")
+                  if p.name.startswith(staged.stem + "."))
+
+
+def _move(src: Path, dst: Path) -> list[Path]:
+    """An artifact and the files written with it (sidecar, companions) renamed together:
+    ``.best.staging.xml.json`` -> ``best.xml.json``. Returns the new paths, artifact first."""
+    moved = []
+    for p in _staged_files(src):
+        target = dst.with_name(dst.stem + p.name[len(src.stem):])
+        os.replace(p, target)
+        moved.append(target)
+    return sorted(moved, key=lambda p: p != dst)
 
 
 def _discard(path: Path) -> None:
-    for p in (path, sidecar_path(path)):
+    for p in _staged_files(path):
         p.unlink(missing_ok=True)
 
 

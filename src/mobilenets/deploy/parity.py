@@ -66,3 +66,17 @@ def check_parity(artifact: Callable[[np.ndarray], np.ndarray], reference: nn.Mod
     agree = float((got.argmax(1) == ref.argmax(1)).mean()) if ref.ndim == 2 else 1.0
     return Parity(diff, float(np.abs(ref).max()), tolerance, agree, len(inputs),
                   (1, len(inputs) - 1))
+
+
+def top1_agreement(artifact: Callable[[np.ndarray], np.ndarray], reference: nn.Module,
+                   inputs: np.ndarray, batch_size: int = 64) -> float:
+    """The fraction of ``inputs`` on which ``artifact`` and ``reference`` pick the same class:
+    what int8 costs, on images, without labels."""
+    reference = reference.eval()
+    same = 0
+    for i in range(0, len(inputs), batch_size):
+        x = inputs[i:i + batch_size]
+        with torch.no_grad():
+            ref = reference(torch.from_numpy(x)).numpy()
+        same += int((artifact(x).argmax(1) == ref.argmax(1)).sum())
+    return same / max(len(inputs), 1)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,10 +33,11 @@ from .checkpoint import check_meta_fields, checkpoint_file, load_model
 from .safety import (check_onnx_external_data, check_pt2_members, quiet_loading,
                      refuse_torchscript, weights_only_loads)
 
-#: File suffix of each export format.
-EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2"}
+#: File suffix of each export format (the runtimes' in :mod:`mobilenets.deploy.runtimes`).
+EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2",
+                              "openvino": ".xml"}
 #: What :func:`artifact_kind` answers.
-KINDS: tuple[str, ...] = ("checkpoint", "onnx", "onnx-int8", "torchscript", "pt2")
+KINDS: tuple[str, ...] = ("checkpoint", "onnx", "onnx-int8", *EXTENSIONS.keys() - {"onnx"})
 _SUFFIX_KINDS = {".safetensors": "checkpoint", **{v: k for k, v in EXTENSIONS.items()}}
 #: The ONNX metadata property (and checkpoint metadata key) holding our metadata.
 META_KEY = "mobilenets"
@@ -238,9 +240,26 @@ def _load_export(path: Path, kind: str, threads: int | None, trust_code: bool) -
     with quiet_loading(path):
         if kind in ("onnx", "onnx-int8"):
             return _load_onnx(path, kind, threads)
-        if kind == "torchscript" and not trust_code:
-            refuse_torchscript(path)
-        return _load_torch(path, kind, threads)
+        if kind in ("torchscript", "pt2"):
+            if kind == "torchscript" and not trust_code:
+                refuse_torchscript(path)
+            return _load_torch(path, kind, threads)
+        return _load_runtime(path, kind, threads)
+
+
+def _load_runtime(path: Path, kind: str, threads: int | None) -> Artifact:
+    """An OpenVINO, ExecuTorch or LiteRT artifact, in its own runtime
+    (:mod:`mobilenets.deploy.runtimes`), with its sidecar's metadata."""
+    from ..deploy.runtimes import require
+
+    meta = _read_sidecar(path, kind)
+    runtime = require(kind)
+    try:
+        run = runtime.load(path, threads)
+    except Exception as e:  # noqa: BLE001 - each runtime raises its own types for bad files
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise MobilenetsError(f"{path} is not a loadable {kind} file: {type(e).__name__}: {first}") from e
+    return Artifact(path, kind, meta, _guarded(path, run))
 
 
 def _load_onnx(path: Path, kind: str, threads: int | None) -> Artifact:
@@ -267,10 +286,20 @@ def _read_sidecar(path: Path, expected: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise MobilenetsError(f"{side} is not readable: {e}") from e
     meta = _artifact_meta(text, side)
-    digest = meta.get("artifact_sha256")
-    if isinstance(digest, str) and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-        raise MobilenetsError(f"{side} describes another model file than {path} (SHA-256 differs): the "
-                              "model was replaced without its sidecar; export it again")
+    # Companion files (OpenVINO's weights) are keyed by suffix: ``best.xml`` -> ``best.bin``.
+    digests = {path: meta.get("artifact_sha256")}
+    for suffix, digest in (meta.get("companions_sha256") or {}).items():
+        if not re.fullmatch(r"\.[A-Za-z0-9]{1,8}", str(suffix)):
+            raise MobilenetsError(f"{side}: companion file suffix {suffix!r} is not a plain suffix")
+        digests[path.with_suffix(suffix)] = digest
+    for file, digest in digests.items():
+        if not isinstance(digest, str):
+            continue
+        if not file.is_file():
+            raise MobilenetsError(f"{file} not found: {path.name} needs it beside it")
+        if hashlib.sha256(file.read_bytes()).hexdigest() != digest:
+            raise MobilenetsError(f"{side} describes another model file than {file} (SHA-256 differs): the "
+                                  "model was replaced without its sidecar; export it again")
     if meta.get("format") != expected:
         raise MobilenetsError(f"{side}: format {meta.get('format')!r} does not match {path.name} "
                               f"(a {expected} file)")
@@ -326,12 +355,14 @@ def _guarded(path: Path, run: Callable[[np.ndarray], np.ndarray]) -> Callable[[n
         except (RuntimeError, ValueError, MemoryError, AssertionError) as e:  # torch.export's guards assert
             raise _run_failure(path, x, e) from e
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            if type(e).__module__.startswith("onnxruntime"):
+            if type(e).__module__.startswith(_RUNTIME_MODULES):
                 raise _run_failure(path, x, e) from e
             raise
     return call
 
 
+#: Packages whose exceptions, raised while running a batch, mean the batch did not fit the model.
+_RUNTIME_MODULES = ("onnxruntime", "openvino", "executorch", "ai_edge_litert", "tflite_runtime")
 _OUT_OF_MEMORY = ("out of memory", "can't allocate", "cannot allocate", "bad_alloc", "failed to allocate")
 
 

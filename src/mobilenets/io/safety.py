@@ -14,6 +14,8 @@ file proves only that the two travelled together. The defence is in how each for
 - ONNX: a protobuf graph; tensors stored outside it (external data) are read only from the
   model's own folder (:func:`check_onnx_external_data`); onnxruntime loads no custom-op
   library unless the program registers one, which we never do.
+- OpenVINO IR (``.xml`` graph, ``.bin`` weights): OpenVINO's parser, with no extension
+  library added, so an operation outside OpenVINO's opsets is an error.
 - ``.pth``/``.bin`` weights to convert: ``torch.load(weights_only=True)``.
 - Keras ``.h5``: read with h5py as arrays; the model config (where a Lambda layer's code
   would live) is never read.
@@ -63,6 +65,10 @@ POLICY: tuple[FormatPolicy, ...] = (
     FormatPolicy("onnx", (".onnx",), False,
                  "onnxruntime; external data only inside the model's folder; no custom-op "
                  "libraries", "nothing"),
+    FormatPolicy("openvino", (".xml", ".bin"), False,
+                 "OpenVINO's read_model: the XML graph and the .bin weights beside it (both "
+                 "hashed in the sidecar); operations from OpenVINO's own opsets only, no "
+                 "extension library is ever added", "nothing"),
     FormatPolicy("torch weights", (".pth", ".bin"), True,
                  "torch.load(weights_only=True): tensors and plain containers only", "nothing"),
     FormatPolicy("keras weights", (".h5",), True,

@@ -1,0 +1,183 @@
+"""The mobile and edge runtimes (:mod:`mobilenets.deploy.runtimes`): every format exports
+the trained fixture model with parity, quantizes it to int8 that agrees with the float
+model on real images, carries its preprocessing and classes, reloads through the one
+artifact loader, runs in ``eval``/``predict``/``bench``, and says which extra is missing.
+
+Outside CI a runtime whose extra is not installed is skipped, saying so; in CI (``CI`` set,
+as ``.ci/run`` runs) every extra is installed and a missing one fails."""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mobilenets.cli import main
+from mobilenets.deploy import export as deploy
+from mobilenets.deploy.bench import benchmark
+from mobilenets.deploy.runtimes import RUNTIMES, require
+from mobilenets.errors import MobilenetsError
+from mobilenets.io import artifact as artifacts
+from mobilenets.io.checkpoint import load_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CHECKPOINT = FIXTURES / "fmnist_v3s_minimal_025.safetensors"
+RUNNABLE = [f for f, r in RUNTIMES.items() if r.runs_here]
+
+
+def runtime(fmt: str) -> None:
+    """Skip (outside CI) or fail (in CI) when ``fmt``'s extra is not installed."""
+    try:
+        require(fmt)
+    except MobilenetsError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    """The trained fixture model, 64 training images to calibrate on, 200 test images."""
+    sample = np.load(FIXTURES / "fmnist_sample.npz")
+    model, meta = load_model(CHECKPOINT)
+    images = {k: torch.from_numpy(sample[k]).unsqueeze(1) for k in ("calibration_images", "test_images")}
+    return model.eval(), deploy.resolve_preprocessing(model, meta), images, sample["test_labels"]
+
+
+def logits(model: torch.nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("fmt", RUNNABLE)
+def test_float_export_reproduces_the_model_and_carries_its_preprocessing(fmt, fmnist, tmp_path):
+    runtime(fmt)
+    model, pre, images, _ = fmnist
+    out = tmp_path / f"m{artifacts.EXTENSIONS[fmt]}"
+    result = deploy.export_model(model, fmt, out, preprocessing=pre)
+    assert result.path == out and result.parity.relative <= 1e-4
+    assert all(p.is_file() for p in result.files) and artifacts.sidecar_path(out) in result.files
+    loaded = artifacts.load(out)
+    assert loaded.format == fmt and not loaded.int8
+    assert loaded.preprocessing.record() == pre.record() and loaded.classes == list(pre.classes)
+    x = deploy.preprocess(images["test_images"], pre)
+    ref = logits(model, x)
+    for batch in (1, 7, 200):  # any batch size, whatever the runtime's own shapes
+        got = loaded(x[:batch])
+        assert got.shape == (batch, 10)
+        assert np.abs(got - ref[:batch]).max() <= 1e-4 * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("fmt", RUNNABLE)
+def test_int8_export_agrees_with_the_float_model_on_real_images(fmt, fmnist, tmp_path):
+    """Calibrated on 64 training images, scored on 200 test images; the bound is the one the
+    onnxruntime int8 test uses for this one-epoch model, which hesitates on more images than a
+    finished one (``benchmarks/quant_accuracy.py`` measures the whole test set)."""
+    runtime(fmt)
+    model, pre, images, labels = fmnist
+    out = tmp_path / f"m.int8{artifacts.EXTENSIONS[fmt]}"
+    result = deploy.export_model(model, fmt, out, preprocessing=pre, int8=True,
+                                 calibration_images=images["calibration_images"])
+    assert result.int8 and result.agreement is not None and result.agreement >= 0.9
+    assert "int8 top-1 agreement" in result.summary()
+    loaded = artifacts.load(out)
+    assert loaded.int8 and loaded.meta["int8"]["calibration_images"] == 64
+    x = deploy.preprocess(images["test_images"], pre)
+    got, ref = loaded(x).argmax(1), logits(model, x).argmax(1)
+    assert (got == ref).mean() >= 0.97
+    assert abs((got == labels).mean() - (ref == labels).mean()) <= 0.02
+
+
+@pytest.mark.parametrize("fmt", RUNNABLE)
+def test_cli_export_eval_predict_bench(fmt, tmp_path, capsys):
+    runtime(fmt)
+    ckpt = tmp_path / "best.safetensors"
+    ckpt.write_bytes(CHECKPOINT.read_bytes())
+    assert main(["export", str(ckpt), "--format", fmt]) == 0
+    out = tmp_path / f"best{artifacts.EXTENSIONS[fmt]}"
+    assert f"-> {out}" in capsys.readouterr().out
+    sample = np.load(FIXTURES / "fmnist_sample.npz")
+    from PIL import Image
+    Image.fromarray(sample["test_images"][0]).save(tmp_path / "shoe.png")
+    assert main(["predict", str(out), str(tmp_path / "shoe.png"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert main(["predict", str(ckpt), str(tmp_path / "shoe.png"), "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)
+    assert [p["class"] for p in got[0]["top"]] == [p["class"] for p in want[0]["top"]]
+    report = benchmark(load_model(ckpt)[0], batches=[1, 3], resolution=28, backends=[fmt, f"{fmt}-int8"],
+                       threads=1, seconds=0.05, peak_size=64)
+    assert all(r.median_ms and r.median_ms > 0 for r in report.results), report.table()
+
+
+@pytest.mark.parametrize("fmt", RUNNABLE)
+def test_a_companion_or_sidecar_that_does_not_belong_is_refused(fmt, fmnist, tmp_path):
+    runtime(fmt)
+    model, pre, _, _ = fmnist
+    a = deploy.export_model(model, fmt, tmp_path / f"a{artifacts.EXTENSIONS[fmt]}", preprocessing=pre)
+    side = artifacts.sidecar_path(a.path)
+    meta = json.loads(side.read_text())
+    meta["artifact_sha256"] = "0" * 64
+    side.write_text(json.dumps(meta))
+    with pytest.raises(MobilenetsError, match="SHA-256 differs"):
+        artifacts.load(a.path)
+    side.unlink()
+    with pytest.raises(MobilenetsError, match="not found"):
+        artifacts.load(a.path)
+
+
+@pytest.mark.parametrize("fmt", list(RUNTIMES))
+def test_a_missing_extra_is_named(fmt, monkeypatch, tmp_path, capsys):
+    """Without the runtime's packages: one error naming the extra, before any work."""
+    real_import = builtins.__import__
+    blocked = RUNTIMES[fmt].packages
+
+    def fake_import(name, *args, **kwargs):
+        if name.split(".")[0] in blocked:
+            raise ImportError(f"No module named '{name}'", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    monkeypatch.setattr("importlib.import_module", lambda name, package=None: fake_import(name))
+    ckpt = tmp_path / "best.safetensors"
+    ckpt.write_bytes(CHECKPOINT.read_bytes())
+    assert main(["export", str(ckpt), "--format", fmt]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pip install 'mobilenets[{RUNTIMES[fmt].extra}]'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors"]
+
+
+@pytest.mark.parametrize("fmt", RUNNABLE)
+def test_int8_with_a_bad_calibration_folder_is_one_error(fmt, tmp_path, capsys):
+    runtime(fmt)
+    ckpt = tmp_path / "best.safetensors"
+    ckpt.write_bytes(CHECKPOINT.read_bytes())
+    (tmp_path / "empty").mkdir()
+    for data in (tmp_path / "missing", tmp_path / "empty"):
+        assert main(["export", str(ckpt), "--format", fmt, "--int8", "--calibration-data", str(data)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.safetensors", "empty"]
+
+
+def test_an_openvino_graph_with_a_foreign_operation_is_refused(fmnist, tmp_path):
+    """An attacker writes the IR and its sidecar (hash recomputed): an operation outside
+    OpenVINO's opsets (where a custom extension would hook in) is one error, not a load."""
+    runtime("openvino")
+    import hashlib
+
+    model, pre, _, _ = fmnist
+    a = deploy.export_model(model, "openvino", tmp_path / "a.xml", preprocessing=pre)
+    text = a.path.read_text()
+    a.path.write_text(text.replace('type="ReLU" version="opset1"', 'type="EvilOp" version="extension"', 1))
+    assert a.path.read_text() != text
+    side = artifacts.sidecar_path(a.path)
+    meta = json.loads(side.read_text())
+    meta["artifact_sha256"] = hashlib.sha256(a.path.read_bytes()).hexdigest()
+    side.write_text(json.dumps(meta))
+    with pytest.raises(MobilenetsError, match="not a loadable openvino file"):
+        artifacts.load(a.path)
