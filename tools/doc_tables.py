@@ -374,6 +374,24 @@ def transfer_table(results: Results) -> str:
             + caption(results, "transfer.json"))
 
 
+# --- ONNX consumers (benchmarks/onnx_consumers.py) -----------------------------------------------
+
+def onnx_consumers_table(results: Results) -> str:
+    d = results("onnx_consumers.json")
+    consumers = [c["consumer"] for c in d["consumers"]]
+    cells: dict[tuple[str, str], list[str]] = {}
+    for c in d["consumers"]:
+        for r in c["rows"]:
+            cell = (f"{r['max_rel_error']:.1e} · {pct(r['top1_agreement'])}" if r["loads"]
+                    else "does not load")
+            cells.setdefault((r["model"], r["precision"]), []).append(cell)
+    rows = [[f"`{model}`", precision] + got for (model, precision), got in cells.items()]
+    return (markdown(["model", "precision"] + consumers, rows, left=2)
+            + f"\n\nEach cell: max |logit − onnxruntime's| over onnxruntime's largest logit · top-1 "
+            f"agreement with onnxruntime ({d['reference']}), on {d['images']}."
+            + caption(results, "onnx_consumers.json"))
+
+
 TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "summary": summary_table,
     **{f"fmnist-{g}": partial(fmnist_table, g) for g in ("zen4", "side-by-side", "intel", "older")},
@@ -398,4 +416,5 @@ TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "compile-options-avx2": partial(compile_options_table, "compile_options_avx2_fp32.json"),
     "eval-malloc-avx2": eval_malloc_table,
     "serve-load": serve_load_table,
+    "onnx-consumers": onnx_consumers_table,
 }

@@ -4,6 +4,11 @@ QDQ format (QuantizeLinear/DequantizeLinear pairs around float ops, which onnxru
 fuses into int8 kernels, and which other runtimes can read), per-channel symmetric int8
 weights, per-tensor uint8 activations whose ranges are the min/max observed on real
 images, so the file that is measured is the file that is served.
+
+Two changes after onnxruntime's quantizer make the file load in OpenCV's DNN module too
+(:func:`float_gemm_bias`; :func:`~.int8_rewrite.int8_friendly` gives the constants it adds
+shape ``(1,)``) and the exporter's debug records are dropped
+(:func:`~.onnx.strip_debug_info`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import MobilenetsError
@@ -22,6 +28,7 @@ from ..io.artifact import META_KEY, require_onnx
 from ..io.checkpoint import atomic_write_bytes
 from .calibration import ImageCalibrationReader
 from .int8_rewrite import int8_friendly
+from .onnx import strip_debug_info
 
 INT8_NOTE = ("onnxruntime static QDQ, per-channel int8 weights, uint8 activations, "
              "MinMax calibration")
@@ -47,7 +54,7 @@ def quantize_onnx(fp32: str | os.PathLike, output: str | os.PathLike,
     reader = ImageCalibrationReader(images, preprocessing, batch_size=batch_size)
     if reduce_range is None:
         reduce_range = reduce_range_default()
-    proto = _quantized(source, reader, reduce_range)
+    proto = strip_debug_info(float_gemm_bias(_quantized(source, reader, reduce_range)))
     meta = json.loads(props.get(META_KEY, "{}"))
     meta["int8"] = {"method": INT8_NOTE, "calibration_images": reader.count,
                     "reduce_range": reduce_range, "weight_range": weight_qmax(reduce_range)}
@@ -81,3 +88,45 @@ def _quantized(source: Any, reader: ImageCalibrationReader, reduce_range: bool) 
                                       "choose its activation ranges (--calibration-data)") from e
             raise
         return onnx.load(str(quantized))
+
+
+def float_gemm_bias(proto: Any) -> Any:
+    """``proto`` with each ``Gemm`` bias that is a ``DequantizeLinear`` of an int32 constant
+    replaced by that constant dequantized: the same float numbers (the int32 bias is the
+    float bias rounded to the scale of the product, and stays so), in a form OpenCV 5
+    accepts (it fails on the dequantized int32 bias). In place, and returned."""
+    from onnx import numpy_helper
+
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    for gemm in (n for n in graph.node if n.op_type == "Gemm" and len(n.input) > 2):
+        dq = producer.get(gemm.input[2])
+        if dq is None or dq.op_type != "DequantizeLinear" or not all(i in inits for i in dq.input):
+            continue
+        q, scale, *zero = (numpy_helper.to_array(inits[i]) for i in dq.input)
+        if q.dtype != np.int32:
+            continue
+        bias = ((q.astype(np.int64) - (zero[0] if zero else 0)) * scale.astype(np.float64)).astype(np.float32)
+        name = f"{gemm.input[2]}_float"
+        graph.initializer.append(numpy_helper.from_array(bias, name))
+        gemm.input[2] = name
+    _drop_unused(graph)
+    return proto
+
+
+def _drop_unused(graph: Any) -> None:
+    """Remove nodes whose outputs nothing reads (the replaced bias dequantizations) and the
+    initializers no node reads."""
+    outputs = {o.name for o in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | outputs
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input}
+    kept = [t for t in graph.initializer if t.name in read]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)

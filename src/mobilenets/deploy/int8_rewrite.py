@@ -17,6 +17,15 @@ convolution weights where the maths allows:
 
 ``ReduceMean`` over H, W with ``keepdims`` becomes ``GlobalAveragePool``. The rewritten
 graph computes the same function up to float rounding (tested).
+
+Every float ONNX export gets the first fold too (:func:`fold_gates`): OpenCV's DNN importer
+fuses ``Mul(a, HardSigmoid(b))`` into ``HardSwish(b)`` without checking that ``a`` is ``b``,
+which silently breaks V3's squeeze-excite gate ``x · HardSigmoid(fc2(s))``; with the gate a
+``Clip`` of the convolution, nothing matches that pattern.
+
+Constants that element-wise ops read have shape ``(1,)``, not ``()``: quantized, each feeds a
+``DequantizeLinear``, and OpenCV 4.x applies that op's ``axis=1`` to a 0-d input and refuses
+it. ``Clip``'s bounds stay 0-d, as the ONNX spec asks (they are never quantized).
 """
 
 from __future__ import annotations
@@ -42,12 +51,21 @@ def int8_friendly(proto: Any) -> Any:
     return proto
 
 
+def fold_gates(proto: Any) -> Any:
+    """``proto`` changed in place: each ``HardSigmoid`` fed by a convolution alone becomes a
+    ``Clip`` with α and β folded into that convolution (squeeze-excite's gate), so that OpenCV
+    cannot mistake the gate's product for a hard-swish; everything else is kept as it is."""
+    _Rewriter(proto.graph, gates_only=True).rewrite()
+    return proto
+
+
 class _Rewriter:
     """One pass over a graph: the indexes it needs (who produces and who reads each
     tensor), the initializers it changes, and the replacement of each node."""
 
-    def __init__(self, graph: Any) -> None:
+    def __init__(self, graph: Any, gates_only: bool = False) -> None:
         self.graph = graph
+        self.gates_only = gates_only
         self.inits = {t.name: t for t in graph.initializer}
         self.arrays: dict[str, np.ndarray] = {}  # initializers changed by folding
         self.consumers: dict[str, list[int]] = {}
@@ -79,12 +97,16 @@ class _Rewriter:
 
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         prefix = f"int8_{i}_{node.op_type}"
+        if self.gates_only and node.op_type != "HardSigmoid":
+            return [node]
         if node.op_type == "HardSwish":
             return self.hard_swish(node.input[0], node.output[0], prefix)
         if node.op_type == "HardSigmoid":
             alpha, beta = attrs.get("alpha", 0.2), attrs.get("beta", 0.5)
             if self.fold_into_producer(node.input[0], alpha, beta):
                 return [self.clip(node.input[0], node.output[0], 1.0)]
+            if self.gates_only:
+                return [node]
             return self.hard_sigmoid(node.input[0], node.output[0], alpha, beta, prefix)
         if node.op_type == "ReduceMean" and self.is_spatial_mean(node, attrs):
             return [helper.make_node("GlobalAveragePool", [node.input[0]], list(node.output))]
@@ -101,7 +123,7 @@ class _Rewriter:
             return gate + [helper.make_node("Mul", [x, prefix + "_gate"], [y])]
         for reader in readers:
             self.arrays[reader.input[1]] = self.array(reader.input[1]) / np.float32(6)
-        return [helper.make_node("Add", [x, self.const("int8_three", 3.0)], [prefix + "_x3"]),
+        return [helper.make_node("Add", [x, self.const("int8_three", 3.0, (1,))], [prefix + "_x3"]),
                 self.clip(prefix + "_x3", prefix + "_gate", 6.0),
                 helper.make_node("Mul", [x, prefix + "_gate"], [y])]
 
@@ -109,8 +131,8 @@ class _Rewriter:
         from onnx import helper
 
         ax, axb = prefix + "_ax", prefix + "_axb"
-        return [helper.make_node("Mul", [x, self.const(f"int8_alpha_{alpha:.6g}", alpha)], [ax]),
-                helper.make_node("Add", [ax, self.const(f"int8_beta_{beta:.6g}", beta)], [axb]),
+        return [helper.make_node("Mul", [x, self.const(f"int8_alpha_{alpha:.6g}", alpha, (1,))], [ax]),
+                helper.make_node("Add", [ax, self.const(f"int8_beta_{beta:.6g}", beta, (1,))], [axb]),
                 self.clip(axb, y, 1.0)]
 
     def clip(self, x: str, y: str, high: float) -> Any:
@@ -180,12 +202,12 @@ class _Rewriter:
         axes = sorted(int(a) % 4 for a in numpy_helper.to_array(self.inits[node.input[1]]).ravel())
         return axes == [2, 3]
 
-    def const(self, name: str, value: float) -> str:
-        """A scalar float initializer ``name`` (made once) holding ``value``."""
+    def const(self, name: str, value: float, shape: tuple[int, ...] = ()) -> str:
+        """A float initializer ``name`` (made once) of ``shape`` holding ``value``."""
         from onnx import numpy_helper
 
         if name not in self.inits:
-            self.inits[name] = numpy_helper.from_array(np.array(value, dtype=np.float32), name)
+            self.inits[name] = numpy_helper.from_array(np.full(shape, value, dtype=np.float32), name)
         return name
 
     def array(self, name: str) -> np.ndarray:
