@@ -145,6 +145,10 @@ class PickReport:
                          if t.median_ms is None})
         if failed:
             lines += ["", "not timed: " + "; ".join(failed)]
+        contended = sum(t.contended_rounds > 0 for per in self.timings for t in per.values())
+        if contended:
+            lines += ["", f"{contended} timings had rounds in which other processes used the "
+                          "CPU: latencies are noisy, rerun on a quiet machine"]
         lines += ["", "top-1 is the publisher's ImageNet figure for the float model (not your "
                       "data's; int8 backends may lose some)", self.verdict()]
         return "\n".join(lines)
@@ -314,7 +318,8 @@ def plot_front(report: PickReport, path: str | Path) -> Path:
     for backend in report.backends:
         points = report.points(backend)
         line, = ax.plot([p.median_ms for p in report.front(backend)],
-                        [p.top1 for p in report.front(backend)], "o-", label=f"{backend} front")
+                        [p.top1 for p in report.front(backend)], "o-", drawstyle="steps-post",
+                        label=f"{backend} front")
         ax.plot([p.median_ms for p in points], [p.top1 for p in points], ".",
                 color=line.get_color(), alpha=0.35)
     ax.axvline(report.budget_ms, color="grey", linestyle="--", label=f"budget {report.budget_ms:g} ms")
