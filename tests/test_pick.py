@@ -102,6 +102,7 @@ def test_candidates_are_every_published_top1():
     tv = next(c for c in registry if c.source == "torchvision.mobilenet_v3_large.imagenet1k_v2")
     assert (tv.resolution, tv.top1) == (224, 75.274)
     assert published_candidates() == registry + paper
+    assert len(registry + paper) == 89 and len({c.timing_key() for c in registry + paper}) == 76
 
 
 def test_timing_key_ignores_what_does_not_change_the_graph():
