@@ -54,7 +54,7 @@ def _report(budget: float) -> PickReport:
     cands = [Candidate("mobilenet_v3_small", {"width_mult": 0.5}, 224, 58.0, "T9 small 0.5"),
              Candidate("mobilenet_v3_large", {}, 224, 75.2, "T9 large 1.0"),
              Candidate("mobilenet_v2", {}, 224, 71.8, "slim v2 1.0")]
-    timings = [{"onnxruntime": Timing(1.0, 1.2, 100), "eager": Timing(3.0, 3.5, 30)},
+    timings = [{"onnxruntime": Timing(1.0, 1.2, 100), "eager": Timing(3.0, 3.5, 30, 1)},
                {"onnxruntime": Timing(4.0, 4.4, 30), "eager": Timing(9.0, 9.9, 10)},
                {"onnxruntime": Timing(4.5, 5.0, 30), "eager": Timing(note="unavailable: x")}]
     return PickReport(budget, 1, 2, ["onnxruntime", "eager"], 0.3, cands, timings,
@@ -65,11 +65,18 @@ def test_report_fronts_per_backend_and_choice_over_all():
     report = _report(5.0)
     assert [p.candidate.source for p in report.front("onnxruntime")] == ["T9 small 0.5", "T9 large 1.0"]
     assert [p.candidate.source for p in report.front("eager")] == ["T9 small 0.5", "T9 large 1.0"]
-    assert report.choice() == Point(report.candidates[1], "onnxruntime", 4.0, 75.2)
+    best = report.choice()
+    assert best == Point(report.candidates[1], "onnxruntime", 4.0, 75.2)
+    assert best.candidate is report.candidates[1]
     assert report.verdict() == ("best within 5 ms: mobilenet_v3_large 1 @224 (75.2% top-1, "
                                 "4.00 ms on onnxruntime)")
     table = report.table()
     assert "Pareto front on eager (2 of 2 timed)" in table and "not timed: eager: unavailable: x" in table
+    assert "1 of 5 timings had rounds in which other processes used the CPU" in table
+    assert table.splitlines()[3:6] == [
+        "model               width   px  top-1 %  median ms  p90 ms  source",
+        "------------------  -----  ---  -------  ---------  ------  ------------",
+        "mobilenet_v3_small    0.5  224     58.0       1.00    1.20  T9 small 0.5"]
     data = report.to_json()
     assert data["choice"]["source"] == "T9 large 1.0" and data["choice"]["backend"] == "onnxruntime"
     assert data["choice_per_backend"]["eager"]["source"] == "T9 small 0.5"

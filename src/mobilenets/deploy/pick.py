@@ -145,10 +145,12 @@ class PickReport:
                          if t.median_ms is None})
         if failed:
             lines += ["", "not timed: " + "; ".join(failed)]
-        contended = sum(t.contended_rounds > 0 for per in self.timings for t in per.values())
+        measured = {id(per): per for per in self.timings}.values()  # shared by equal networks
+        timed = [t for per in measured for t in per.values() if t.median_ms is not None]
+        contended = sum(t.contended_rounds > 0 for t in timed)
         if contended:
-            lines += ["", f"{contended} timings had rounds in which other processes used the "
-                          "CPU: latencies are noisy, rerun on a quiet machine"]
+            lines += ["", f"{contended} of {len(timed)} timings had rounds in which other "
+                          "processes used the CPU: latencies are noisy, rerun on a quiet machine"]
         lines += ["", "top-1 is the publisher's ImageNet figure for the float model (not your "
                       "data's; int8 backends may lose some)", self.verdict()]
         return "\n".join(lines)
