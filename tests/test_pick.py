@@ -68,7 +68,7 @@ def test_report_fronts_per_backend_and_choice_over_all():
     best = report.choice()
     assert best == Point(report.candidates[1], "onnxruntime", 4.0, 75.2)
     assert best.candidate is report.candidates[1]
-    assert report.verdict() == ("best within 5 ms: mobilenet_v3_large 1 @224 (75.2% top-1, "
+    assert report.verdict() == ("best within 5 ms: mobilenet_v3_large 1.0 @224 (75.2% top-1, "
                                 "4.00 ms on onnxruntime)")
     table = report.table()
     assert "Pareto front on eager (2 of 2 timed)" in table and "not timed: eager: unavailable: x" in table

@@ -49,7 +49,7 @@ class Candidate:
 
     def label(self) -> str:
         """``mobilenet_v3_large 1.0 @224``: how tables and messages name the candidate."""
-        return f"{self.model} {self.width_mult:g} @{self.resolution}"
+        return f"{self.model} {self.width_mult} @{self.resolution}"
 
     def timing_key(self) -> tuple[Any, ...]:
         """Equal for candidates whose latency is the same measurement (module docstring)."""

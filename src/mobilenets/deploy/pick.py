@@ -178,7 +178,7 @@ class PickReport:
 
 def _row(p: Point, t: Timing) -> tuple[str, ...]:
     c = p.candidate
-    return (c.model, f"{c.width_mult:g}", str(c.resolution), f"{c.top1:.1f}",
+    return (c.model, str(c.width_mult), str(c.resolution), f"{c.top1:.1f}",
             f"{p.median_ms:.2f}", f"{t.p90_ms:.2f}", c.source)
 
 
