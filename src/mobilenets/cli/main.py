@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 from ..errors import MobilenetsError
-from . import deploy, models, paper, serve, train, weights
+from . import deploy, models, paper, pick, serve, train, weights
 from .parser import build_parser
 from .text import printable
 from .torchrun import report_worker_error
@@ -38,6 +38,7 @@ COMMANDS: dict[str, Handler] = {
     "paper": paper.run_paper,
     "export": deploy.run_export,
     "bench": deploy.run_bench,
+    "pick": pick.run_pick,
     "serve": serve.run_serve,
 }
 

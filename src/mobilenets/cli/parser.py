@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_paper(sub)
     _add_export(sub)
     _add_bench(sub)
+    _add_pick(sub)
     _add_serve(sub)
     return parser
 
@@ -276,6 +277,28 @@ def _add_bench(sub: _Commands) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_reuse_memory_option(p, "eager PyTorch 1.9-3.0x faster at batch 32 measured")
     add_model_options(p)
+
+
+def _add_pick(sub: _Commands) -> None:
+    p = sub.add_parser("pick", help="the best MobileNet for a latency budget on this machine",
+                       description="Times every MobileNet configuration with a published ImageNet "
+                                   "top-1 (the weights registry and the papers' width x resolution "
+                                   "tables) on this machine with random weights, prints the Pareto "
+                                   "front (published top-1 against measured median latency, per "
+                                   "backend) and the most accurate one within the budget.")
+    p.add_argument("--budget-ms", type=float, required=True,
+                   help="latency budget per call (one batch), in milliseconds")
+    p.add_argument("--backends", default="onnxruntime",
+                   help=f"comma-separated, from {', '.join(BACKENDS)} (default onnxruntime)")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: PyTorch's)")
+    p.add_argument("--quick", action="store_true",
+                   help="8 networks (per family the smallest width and 1.0), 0.3 s of timing each")
+    p.add_argument("--seconds", type=float,
+                   help="timed seconds per candidate and backend (default 1.0, --quick 0.3)")
+    p.add_argument("--json", metavar="FILE", help="write candidates, latencies, fronts, the choice, "
+                                                  "the machine and the command as JSON")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the front (needs matplotlib)")
 
 
 def _add_serve(sub: _Commands) -> None:

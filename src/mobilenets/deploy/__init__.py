@@ -3,7 +3,8 @@
 One module per job: :mod:`.fold` (BatchNorm folding, the bf16 copy), :mod:`.onnx`,
 :mod:`.torchscript`, :mod:`.pt2` (the exporters), :mod:`.int8` and :mod:`.int8_rewrite`
 (quantization), :mod:`.calibration`, :mod:`.parity`, :mod:`.preprocess`, :mod:`.export`
-(the checked export of a model or checkpoint), :mod:`.bench`, :mod:`.predict`.
+(the checked export of a model or checkpoint), :mod:`.bench`, :mod:`.candidates` and
+:mod:`.pick` (the model for a latency budget), :mod:`.predict`.
 """
 
 from ..io.artifact import Artifact, load_artifact

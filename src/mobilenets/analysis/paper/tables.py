@@ -54,11 +54,7 @@ class TableRow:
 
 def table_row(pub: Published) -> TableRow:
     """Build the network ``pub`` names and compare its profile with the printed figures."""
-    kwargs: dict[str, object] = {}
-    if pub.width_mult != 1.0:
-        kwargs["width_mult"] = pub.width_mult
-    if pub.width_convention != "torchvision":
-        kwargs["width_convention"] = pub.width_convention
+    kwargs = pub.model_kwargs()
     prof = profile_cached(pub.model, pub.resolution, tuple(sorted(kwargs.items())))
     params = prof.params
     if pub.params_without_bn:
