@@ -141,10 +141,8 @@ TINY = [Candidate("mobilenet_v3_small", {"width_mult": 0.25, "num_classes": 10},
 def test_pick_cli_end_to_end_on_a_tiny_candidate_set(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(pick_module, "published_candidates", lambda: list(TINY))
     out_json, out_png = tmp_path / "pick.json", tmp_path / "front.png"
-    start = time.perf_counter()
     assert main(["pick", "--budget-ms", "1000", "--seconds", "0.1", "--threads", "1",
                  "--json", str(out_json), "--plot", str(out_png)]) == 0
-    assert time.perf_counter() - start < 30
     out = capsys.readouterr()
     assert "best within 1000 ms: mobilenet_v3_small 0.5 @32 (45.0% top-1" in out.out
     assert "[3/" not in out.err and "[2/2] mobilenet_v3_small 0.5 @32" in out.err  # b timed once

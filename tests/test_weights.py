@@ -424,3 +424,24 @@ def test_train_from_pretrained_weights_on_a_small_grey_folder(registry, tmp_path
     assert main(["train", "--pretrained", "x", "--init", str(out / "last.safetensors"),
                  "--data", str(data), "--out", str(tmp_path / "r2")]) == 2
     assert "does not combine with --init" in capsys.readouterr().err
+
+
+def test_eval_crops_folder_images_as_predict_does_with_the_weights_resize(tmp_path):
+    """Published weights resize the shorter side to ``resize_size`` (256) and crop 224: ``eval``
+    on a folder feeds the model exactly what ``predict`` feeds it for the same file."""
+    from mobilenets.data.datasets import load_dataset
+    from mobilenets.data.preprocessing import Preprocessing
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            _photo(tmp_path / split / cls / "x.png")
+    pre = Preprocessing(224, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 256, "bicubic")
+    ds = load_dataset(str(tmp_path), "val", image_size=224, channels=3, augment=False,
+                      crop_fraction=pre.crop_fraction, interpolation=pre.interpolation)
+    image, _ = ds[0]
+    with Image.open(tmp_path / "val" / "a" / "x.png") as photo:
+        want = pre.apply([photo])
+    assert torch.equal(pre.apply(image.unsqueeze(0)), want)
+    square = load_dataset(str(tmp_path), "val", image_size=224, channels=3, augment=False)[0][0]
+    assert not torch.equal(square, image)  # without resize_size: the whole central square

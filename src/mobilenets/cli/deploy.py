@@ -12,6 +12,7 @@ import math
 import sys
 import warnings
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 from torch import nn
@@ -48,7 +49,8 @@ def _third_party_quiet(verbose: bool) -> Iterator[None]:
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stderr(buffer), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"(torch|onnx|onnxruntime|onnxscript)(\.|$)")
+            warnings.filterwarnings("ignore", module=r"(torch|torchao|onnx|onnxruntime|onnxscript|openvino|"
+                                                     r"nncf|executorch|litert_torch|ai_edge_litert|coremltools)(\.|$)")
             yield
     finally:
         if buffer.getvalue():
@@ -66,20 +68,40 @@ def _int_list(text: str, what: str) -> list[int]:
     return values
 
 
-def _bench_model(spec: str, args: argparse.Namespace) -> tuple[nn.Module, int]:
-    """The model a bench argument names, and its default resolution."""
+def _bench_model(spec: str, args: argparse.Namespace) -> tuple[nn.Module, int, dict | None]:
+    """The model a bench argument names, its default resolution and (a checkpoint's) metadata."""
     kwargs = model_kwargs_from_args(args)
     if spec in list_models():
-        return create_model(spec, **kwargs), 224
+        return create_model(spec, **kwargs), 224, None
     if Path(spec).exists():
         if kwargs:
             raise MobilenetsError("model options (--width-mult, ...) apply to model names; "
                                   "a checkpoint already defines its model")
         model, meta = load_model(require_checkpoint(spec, "bench", " and makes its own exports "
                                                     "(--backends onnxruntime,onnxruntime-int8 times those)"))
-        return model, int((meta.get("preprocessing") or {}).get("input_size", 224))
+        return model, int((meta.get("preprocessing") or {}).get("input_size", 224)), meta
     raise MobilenetsError(f"{spec!r} is neither a model name{did_you_mean(spec, list_models())} "
                           f"nor an existing checkpoint; models: {', '.join(list_models())}")
+
+
+def _bench_images(args: argparse.Namespace, model: nn.Module, meta: dict | None,
+                  resolution: int) -> tuple[Any, dict | None]:
+    """``--calibration-data``'s images and the checkpoint's preprocessing, with which bench
+    measures int8's agreement with the float model (a checkpoint's own size only)."""
+    if args.calibration_data is None:
+        return None, None
+    if meta is None:
+        raise MobilenetsError("--calibration-data measures int8 accuracy, which needs trained "
+                              "weights: give a checkpoint, not a model name")
+    from ..deploy.calibration import load_calibration_images
+    from ..deploy.preprocess import resolve_preprocessing
+
+    pre = resolve_preprocessing(model, meta).record()
+    if resolution != pre["input_size"]:
+        raise MobilenetsError(f"--calibration-data needs the checkpoint's input size "
+                              f"{pre['input_size']}, not --resolution {resolution}")
+    return load_calibration_images(args.calibration_data, args.calibration_size, pre,
+                                   holdout=meta.get("holdout")), pre
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -92,13 +114,14 @@ def run_bench(args: argparse.Namespace) -> int:
         raise MobilenetsError(f"--seconds must be in (0, 600], got {args.seconds}")
     if args.threads is not None and args.threads < 1:
         raise MobilenetsError(f"--threads must be >= 1, got {args.threads}")
-    model, default_resolution = _bench_model(args.model, args)
+    model, default_resolution, meta = _bench_model(args.model, args)
     resolution = default_resolution if args.resolution is None else args.resolution
+    images, pre = _bench_images(args, model, meta, resolution)
     err = sys.stderr  # our progress lines; what third parties write goes elsewhere
     with _third_party_quiet(args.verbose):
         report = benchmark(model, batches=batches, resolution=resolution,
                            backends=backends, threads=args.threads, seconds=args.seconds,
-                           reuse_memory=args.reuse_memory,
+                           reuse_memory=args.reuse_memory, images=images, preprocessing=pre,
                            log=lambda msg: print(msg, file=err, flush=True))
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
     failed = [r for r in report.results if r.median_ms is None]

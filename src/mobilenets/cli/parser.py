@@ -274,6 +274,12 @@ def _add_bench(sub: _Commands) -> None:
                         f"(default {','.join(DEFAULT_BACKENDS)})")
     p.add_argument("--seconds", type=float, default=1.5,
                    help="timed seconds per backend and batch size (default 1.5)")
+    p.add_argument("--calibration-data", metavar="PATH",
+                   help="with a checkpoint: real images (dataset name or folder) on which int8 "
+                        "backends calibrate (half) and measure top-1 agreement with float "
+                        "(half); the ranking leaves out those below 99%%")
+    p.add_argument("--calibration-size", type=int, default=512, metavar="N",
+                   help="images drawn for --calibration-data (default 512)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_reuse_memory_option(p, "eager PyTorch 1.9-3.0x faster at batch 32 measured")
     add_model_options(p)

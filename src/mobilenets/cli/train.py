@@ -139,7 +139,8 @@ def _eval_dataset(args: argparse.Namespace, artifact: Artifact) -> Any:
     pre = artifact.preprocessing
     ds = load_dataset(args.data, args.split, image_size=pre.input_size, channels=pre.channels,
                       classes=artifact.classes, strict=args.strict, augment=False,
-                      holdout=artifact.meta.get("holdout"))
+                      holdout=artifact.meta.get("holdout"), crop_fraction=pre.crop_fraction,
+                      interpolation=pre.interpolation)
     outputs = getattr(artifact.model, "num_classes", len(ds.classes))
     if outputs != len(ds.classes):  # e.g. converted weights
         raise MobilenetsError(f"{args.checkpoint} predicts {outputs} classes, {args.data} "

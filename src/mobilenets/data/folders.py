@@ -61,6 +61,10 @@ class ImageFolder(Dataset):
     kind: str = "photo"
     seed: int = 0
     strict: bool = False  # a file that fails to decode: an error, not replaced by the next one
+    #: Evaluation crop: the share of the shorter side kept (``input_size / resize_size`` of
+    #: published weights; 1 the central square) and the resampling filter.
+    crop_fraction: float = 1.0
+    interpolation: str = "bilinear"
     _epoch: int = field(default=0, repr=False)
     _augment: bool = field(default=True, repr=False)
 
@@ -77,8 +81,12 @@ class ImageFolder(Dataset):
         if self.train and self._augment and self.kind == "photo":
             img = self._random_resized_crop(img, i)
         else:
-            img = resize_center_crop(img, self.image_size)
+            img = self.center_crop(img)
         return to_uint8_tensor(img), self.labels[i]
+
+    def center_crop(self, img: PILImage) -> PILImage:
+        """The evaluation transform: the one ``predict`` applies with the model's preprocessing."""
+        return resize_center_crop(img, self.image_size, self.crop_fraction, self.interpolation)
 
     def _decode(self, i: int) -> tuple[int, PILImage]:
         """Image ``i``, or (not ``strict``) the next readable one in its place, with a warning."""
@@ -161,7 +169,8 @@ def _probe_images(files: list[Path], n: int = 32) -> tuple[int, int]:
 def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | None = None,
                       channels: int | None = None, val_fraction: float = DEFAULT_VAL_FRACTION,
                       seed: int = 0, classes: list[str] | None = None, strict: bool = False,
-                      augment: bool | None = None, min_classes: int = 2) -> Dataset:
+                      augment: bool | None = None, min_classes: int = 2,
+                      crop_fraction: float = 1.0, interpolation: str = "bilinear") -> Dataset:
     """An image-folder dataset; uses ``root/train`` and ``root/val`` (or ``test``) if present,
     otherwise holds out ``val_fraction`` of each class (seeded) for validation.
 
@@ -170,7 +179,9 @@ def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | 
     split). Unreadable files are skipped with a warning, or are an error with ``strict``
     (see the module docstring). With a model's ``classes``, folders are matched to them by
     name (any subset, in any order); without, at least ``min_classes`` class folders are
-    needed (a classifier needs two; calibration images need no labels).
+    needed (a classifier needs two; calibration images need no labels). ``crop_fraction`` and
+    ``interpolation``: the evaluation crop of a model's preprocessing (published ImageNet
+    weights resize the shorter side to ``resize_size`` and crop ``input_size``).
     """
     root = Path(root)
     files, labels, found_classes, split_dir = _split_files(root, split, val_fraction, seed)
@@ -186,7 +197,7 @@ def load_image_folder(root: str | os.PathLike, split: str, *, image_size: int | 
     train = split == "train" if augment is None else augment
     ds = ImageFolder(files, labels, found_classes, image_size, channels, train=train,
                      source=str(where), kind="photo" if image_size > 64 else "small", seed=seed,
-                     strict=strict)
+                     strict=strict, crop_fraction=crop_fraction, interpolation=interpolation)
     if image_size <= 64:
         return _materialize(ds, strict)
     return _check_headers(ds, strict)
@@ -287,7 +298,7 @@ def _materialize(ds: ImageFolder, strict: bool = False) -> TensorImages:
             bad.append(str(e))
             continue
         small += min(img.size) < ds.image_size
-        images.append(to_uint8_tensor(resize_center_crop(img, ds.image_size)))
+        images.append(to_uint8_tensor(ds.center_crop(img)))
         labels.append(ds.labels[i])
     _report(bad, small, ds, strict)
     if not images:

@@ -54,7 +54,8 @@ from .export import artifact_metadata
 from .fold import bf16_inference, prepare_for_inference
 from .int8 import quantize_onnx
 from .onnx import onnx_bytes
-from .preprocess import input_channels
+from .parity import top1_agreement
+from .preprocess import input_channels, preprocess
 from .runtimes import RUNTIMES, require
 from .timing import (CONTENTION_LIMIT, ROUNDS, load_average, machine_info, matmul_peak, measure,
                      percentile, torch_threads, warm_up)
@@ -75,6 +76,9 @@ COMPILE_OPTIONS: dict[str, Any] = {"freezing": True, "cpp_wrapper": True}
 #: the faster) gained 3-10 % at batch 1 and cost 1-3 % at batch 32 on the AVX2 machine, so
 #: it is used up to this batch size only.
 AUTOTUNE_MAX_BATCH = 1
+#: An int8 backend whose top-1 agrees with the float model on fewer held-out images than
+#: this is left out of the ranking (issue 29's limit).
+MIN_AGREEMENT = 0.99
 
 
 def compile_options(batch: int) -> dict[str, Any]:
@@ -150,13 +154,55 @@ class BenchReport:
     peak_gmadds_per_s: float
     machine: dict[str, Any] = field(default_factory=dict)
     results: list[BenchResult] = field(default_factory=list)
+    #: int8 backends' top-1 agreement with the float model on held-out real images, when
+    #: :func:`benchmark` was given some (``None``: not measured).
+    agreement: dict[str, float] = field(default_factory=dict)
 
     def result(self, backend: str, batch: int) -> BenchResult:
         return next(r for r in self.results if r.backend == backend and r.batch == batch)
 
+    def eligible(self, backend: str) -> bool:
+        """Within the accuracy limit: float backends reproduce the model (their exports are
+        parity-checked), int8 ones count when their agreement was measured and is at least
+        :data:`MIN_AGREEMENT`, or when it was not measured (the ranking then says so)."""
+        agreement = self.agreement.get(backend)
+        return agreement is None or agreement >= MIN_AGREEMENT
+
+    def ranking(self, batch: int) -> list[BenchResult]:
+        """The backends timed at ``batch`` within the accuracy limit, fastest first."""
+        timed = [r for r in self.results if r.batch == batch and r.median_ms is not None]
+        return sorted((r for r in timed if self.eligible(r.backend)), key=lambda r: r.median_ms)
+
+    def verdict(self, batch: int) -> str:
+        """One line: the backend to ship at ``batch``, by how much it beats the next one and
+        the fastest float one, and what its accuracy rests on."""
+        ranked = self.ranking(batch)
+        if not ranked:
+            return f"batch {batch}: no backend ran"
+        best = ranked[0]
+        parts = [f"batch {batch}: fastest {best.backend} ({best.median_ms:.2f} ms)"]
+        if len(ranked) > 1:
+            parts.append(f"{ranked[1].median_ms / best.median_ms:.2f}x faster than the next, "
+                         f"{ranked[1].backend}")
+        floats = [r for r in ranked if not r.backend.endswith("-int8")]
+        if best.backend.endswith("-int8"):
+            if floats:
+                parts.append(f"{floats[0].median_ms / best.median_ms:.2f}x faster than the fastest "
+                             f"float backend, {floats[0].backend}")
+            agreement = self.agreement.get(best.backend)
+            parts.append(f"int8 agrees with float on {agreement:.1%} of held-out images"
+                         if agreement is not None else
+                         "int8 accuracy not measured here: give a checkpoint and --calibration-data")
+        excluded = [b for b, a in self.agreement.items() if a < MIN_AGREEMENT]
+        if excluded:
+            parts.append(f"left out below {MIN_AGREEMENT:.0%} agreement: {', '.join(excluded)}")
+        return "; ".join(parts)
+
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["results"] = [asdict(r) for r in self.results]
+        out["ranking"] = {str(b): [r.backend for r in self.ranking(b)]
+                          for b in dict.fromkeys(r.batch for r in self.results)}
         return out
 
     def table(self) -> str:
@@ -186,7 +232,8 @@ class BenchReport:
                                    for i, (c, w) in enumerate(zip(row, widths))))
             if k == 0:
                 lines.append("  ".join("-" * w for w in widths))
-        return "\n".join(lines + ([""] + notes if notes else []))
+        verdicts = [self.verdict(b) for b in dict.fromkeys(r.batch for r in self.results)]
+        return "\n".join(lines + ([""] + notes if notes else []) + [""] + verdicts)
 
 
 # ----------------------------------------------------------------------------- backends
@@ -201,8 +248,11 @@ class _Backends:
     (the inference-ready model, the ONNX files, onnxruntime sessions)."""
 
     def __init__(self, model: nn.Module, resolution: int, threads: int, workdir: Path,
-                 preprocessing: dict[str, Any]) -> None:
+                 preprocessing: dict[str, Any], images: torch.Tensor | None = None) -> None:
         self.model = copy.deepcopy(model).eval()
+        #: Real uint8 images: the first half calibrates int8, the second measures its agreement.
+        self.images = images
+        self.agreement: dict[str, float] = {}
         self.ready = prepare_for_inference(model)
         self.ready_cl = copy.deepcopy(self.ready).to(memory_format=torch.channels_last)
         self.resolution = resolution
@@ -221,15 +271,29 @@ class _Backends:
             path = fp32
             if backend == "onnxruntime-int8":
                 path = self.workdir / "model.int8.onnx"
-                # Latency does not depend on the calibrated ranges, so random images do;
-                # accuracy needs real ones (`mobilenets export --int8 --calibration-data`).
-                c, s = self.pre["channels"], self.pre["input_size"]
-                g = torch.Generator().manual_seed(0)
-                images = torch.randint(0, 256, (16, c, s, s), dtype=torch.uint8, generator=g)
-                self.notes[backend] = "calibrated on random images (latency only)"
-                quantize_onnx(fp32, path, images, self.pre)
-            self.sessions[backend] = onnx_session(path, self.threads)
+                quantize_onnx(fp32, path, self._calibration(backend), self.pre)
+            session = self.sessions[backend] = onnx_session(path, self.threads)
+            if backend == "onnxruntime-int8":
+                name = session.get_inputs()[0].name
+                self._measure_agreement(backend, lambda x: session.run(None, {name: x})[0])
         return self.sessions[backend]
+
+    def _calibration(self, backend: str) -> torch.Tensor:
+        """uint8 images to calibrate ``backend``'s int8 on: the first half of the real images,
+        or random ones, which give int8's latency but not its accuracy."""
+        if self.images is not None:
+            return self.images[:max(1, len(self.images) // 2)]
+        c, s = self.pre["channels"], self.pre["input_size"]
+        self.notes[backend] = "calibrated on random images (latency only)"
+        return torch.randint(0, 256, (16, c, s, s), dtype=torch.uint8,
+                             generator=torch.Generator().manual_seed(0))
+
+    def _measure_agreement(self, backend: str, run: Callable[[Any], Any]) -> None:
+        """int8's top-1 agreement with the float model on the held-out half of the images."""
+        if self.images is not None and len(self.images) >= 2:
+            held_out = preprocess(self.images[len(self.images) // 2:], self.pre)
+            self.agreement[backend] = top1_agreement(run, self.model, held_out)
+            self.notes[backend] = f"int8 agrees with float on {self.agreement[backend]:.1%} of {len(held_out)} held-out images"
 
     def runner(self, backend: str, batch: int) -> Callable[[], Any]:
         c = self.pre["channels"]
@@ -280,11 +344,12 @@ class _Backends:
             g = torch.Generator().manual_seed(0)
             calibration = None
             if backend.endswith("-int8"):
-                calibration = torch.randn(16, c, s, s, generator=g).numpy()
-                self.notes[backend] = "calibrated on random images (latency only)"
+                calibration = preprocess(self._calibration(backend), self.pre)
             path = self.workdir / f"{backend}{EXTENSIONS[fmt]}"
             runtime.convert(self.ready, torch.randn(2, c, s, s, generator=g), path, calibration)
             self.sessions[backend] = runtime.load(path, self.threads)
+            if calibration is not None:
+                self._measure_agreement(backend, self.sessions[backend])
         return self.sessions[backend]
 
 
@@ -330,8 +395,14 @@ def _result(backend: str, batch: int, times: list[float], contended: int, madds:
 def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resolution: int = 224,
               backends: Sequence[str] = DEFAULT_BACKENDS, threads: int | None = None,
               seconds: float = 1.5, peak_size: int = 2048, reuse_memory: bool = True,
-              log: Callable[[str], None] | None = None) -> BenchReport:
+              log: Callable[[str], None] | None = None, images: torch.Tensor | None = None,
+              preprocessing: dict[str, Any] | None = None) -> BenchReport:
     """Time ``model`` on every backend and batch size; see the module docstring.
+
+    ``images`` (real uint8 ``(N, C, H, W)`` images in ``preprocessing``'s size) make the
+    int8 backends calibrate on their first half and measure their top-1 agreement with the
+    float model on the second (:attr:`BenchReport.agreement`); without them int8 is
+    calibrated on random images, which time it but say nothing of its accuracy.
 
     ``seconds`` is the timed budget per backend and batch size, ``peak_size`` the side of
     the matmul that measures the peak, ``log`` receives progress lines. ``reuse_memory``
@@ -348,6 +419,11 @@ def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resoluti
     # Export needs a preprocessing record; its mean/std do not change the graph's speed.
     pre = {"input_size": resolution, "channels": channels, "mean": [0.5] * channels,
            "std": [0.5] * channels}
+    if preprocessing is not None:
+        pre = {**pre, "mean": list(preprocessing["mean"]), "std": list(preprocessing["std"])}
+    if images is not None and tuple(images.shape[1:]) != (channels, resolution, resolution):
+        raise MobilenetsError(f"images are {tuple(images.shape[1:])} (C, H, W) but the benchmark "
+                              f"runs ({channels}, {resolution}, {resolution})")
     prof = profile(model, resolution)
     log(f"measuring the fp32 matmul peak ({threads} threads)")
     peak = matmul_peak(threads, peak_size)
@@ -355,7 +431,7 @@ def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resoluti
                          dict(getattr(model, "model_kwargs", {})), resolution, channels,
                          prof.params, prof.madds, threads, peak / 1e9, machine_info())
     with torch_threads(threads), tempfile.TemporaryDirectory(prefix="mobilenets-bench-") as tmp:
-        factory = _Backends(model, resolution, threads, Path(tmp), pre)
+        factory = _Backends(model, resolution, threads, Path(tmp), pre, images)
         for batch in batches:
             runners, failed = _prepared(factory, batch, backends, log)
             log(f"batch {batch}: timing {', '.join(runners)}")
@@ -364,6 +440,7 @@ def benchmark(model: nn.Module, *, batches: Sequence[int] = (1, 8, 32), resoluti
                 BenchResult(b, batch, note=failed[b]) if b in failed else
                 _result(b, batch, samples[b], contended[b], prof.madds, peak, factory.notes.get(b, ""))
                 for b in backends]
+    report.agreement = dict(factory.agreement)
     if load_average() is not None:
         report.machine["load_average_end"] = load_average()
     return report

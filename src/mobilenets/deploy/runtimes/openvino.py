@@ -9,6 +9,8 @@ it otherwise runs in bf16, 2-8 % of the largest logit off and slower.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -45,16 +47,18 @@ def convert(model: nn.Module, example: torch.Tensor, output: Path,
 
 
 def _quantize(graph: object, calibration: np.ndarray) -> object:
-    """NNCF on the IR, one calibration image per sample, with its progress bars silenced."""
+    """NNCF on the IR, one calibration image per sample. NNCF draws its progress bars with
+    ``rich`` on ``sys.stderr``: they go to the debug log instead (``--verbose``)."""
     import nncf
 
-    previous = nncf.get_log_level() if hasattr(nncf, "get_log_level") else logging.INFO
-    nncf.set_log_level(logging.ERROR)  # also hides NNCF's progress bars
+    samples = [calibration[i:i + 1] for i in range(len(calibration))]
+    shown = io.StringIO()
     try:
-        samples = [calibration[i:i + 1] for i in range(len(calibration))]
-        return nncf.quantize(graph, nncf.Dataset(samples), subset_size=len(samples))
+        with contextlib.redirect_stderr(shown), contextlib.redirect_stdout(shown):
+            return nncf.quantize(graph, nncf.Dataset(samples), subset_size=len(samples))
     finally:
-        nncf.set_log_level(previous)
+        if shown.getvalue():
+            logging.getLogger("mobilenets").debug("NNCF:\n%s", shown.getvalue())
 
 
 def load(path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
