@@ -256,6 +256,8 @@ def _load_runtime(path: Path, kind: str, threads: int | None) -> Artifact:
     runtime = require(kind)
     try:
         run = runtime.load(path, threads)
+    except MobilenetsError:  # the runtime's own refusal (a custom operation), already worded
+        raise
     except Exception as e:  # noqa: BLE001 - each runtime raises its own types for bad files
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise MobilenetsError(f"{path} is not a loadable {kind} file: {type(e).__name__}: {first}") from e

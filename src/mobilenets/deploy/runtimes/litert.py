@@ -171,14 +171,16 @@ def check_operators(path: Path) -> None:
     from ai_edge_litert import schema_py_generated as schema
 
     data = path.read_bytes()
+    if not schema.Model.ModelBufferHasIdentifier(data, 0):
+        raise MobilenetsError(f"{path} is not a loadable litert file (no TFL3 flatbuffer identifier)")
     try:
         model = schema.Model.GetRootAsModel(data, 0)
         codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
         custom = [(c.CustomCode() or b"?").decode(errors="replace") for c in codes
                   if max(c.BuiltinCode(), c.DeprecatedBuiltinCode()) == _CUSTOM]
     except Exception as e:  # noqa: BLE001 - flatbuffers raises many types for foreign bytes
-        raise MobilenetsError(f"{path} is not a loadable litert file (not a .tflite flatbuffer: "
-                              f"{type(e).__name__})") from e
+        raise MobilenetsError(f"{path} is not a loadable litert file (damaged .tflite flatbuffer: "
+                              f"{type(e).__name__}: {str(e)[:200]})") from e
     if custom:
         raise MobilenetsError(f"{path} is not a loadable litert file: it names custom operations "
                               f"({', '.join(sorted(set(custom)))}), which mobilenets never runs")
