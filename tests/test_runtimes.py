@@ -212,6 +212,32 @@ def litert_file(fmnist, tmp_path_factory):
                                preprocessing=pre).path
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_docs_litert_snippet_classifies_like_mobilenets(int8, litert_file, fmnist, tmp_path,
+                                                            monkeypatch, capsys):
+    """docs/deployment.md's LiteRT snippet (the interpreter alone, int8 I/O by hand) names the
+    class that mobilenets' loader predicts, for the float and the int8 file."""
+    model, pre, images, _ = fmnist
+    (tmp_path / "run").mkdir()
+    target = tmp_path / "run" / "best.tflite"
+    if int8:
+        deploy.export_model(model, "litert", target, preprocessing=pre, int8=True,
+                            calibration_images=images["calibration_images"])
+    else:
+        target.write_bytes(litert_file.read_bytes())
+        artifacts.sidecar_path(target).write_bytes(artifacts.sidecar_path(litert_file).read_bytes())
+    from PIL import Image
+    sample = np.load(FIXTURES / "fmnist_sample.npz")
+    Image.fromarray(sample["test_images"][0]).save(tmp_path / "shoe.png")
+    docs = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    snippet = docs.split("## LiteRT (TFLite)", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    want = artifacts.load(target).predict([str(tmp_path / "shoe.png")], top_k=1)[0]
+    capsys.readouterr()
+    exec(compile(snippet, "deployment.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == want.top[0][0]
+
+
 @pytest.mark.parametrize("name", ["FlexAddV2", "EvilOp"])
 def test_a_litert_file_with_a_custom_operation_is_refused(name, litert_file, tmp_path, monkeypatch):
     """An attacker writes the .tflite and its sidecar: a custom or Flex operation (where a
