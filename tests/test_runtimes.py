@@ -181,3 +181,119 @@ def test_an_openvino_graph_with_a_foreign_operation_is_refused(fmnist, tmp_path)
     side.write_text(json.dumps(meta))
     with pytest.raises(MobilenetsError, match="not a loadable openvino file"):
         artifacts.load(a.path)
+
+
+def _with_custom_operation(path: Path, name: str) -> None:
+    """Rewrite a ``.tflite`` so that its first operation is the custom operation ``name``
+    (``Flex...``: a TensorFlow kernel), and re-hash its sidecar as an attacker would."""
+    import hashlib
+
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    code = model.operatorCodes[0]
+    code.builtinCode = code.deprecatedBuiltinCode = schema.BuiltinOperator.CUSTOM
+    code.customCode = name
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())
+    side = artifacts.sidecar_path(path)
+    meta = json.loads(side.read_text())
+    meta["artifact_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    side.write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def litert_file(fmnist, tmp_path_factory):
+    runtime("litert")
+    model, pre, _, _ = fmnist
+    return deploy.export_model(model, "litert", tmp_path_factory.mktemp("litert") / "a.tflite",
+                               preprocessing=pre).path
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_the_docs_litert_snippet_classifies_like_mobilenets(int8, litert_file, fmnist, tmp_path,
+                                                            monkeypatch, capsys):
+    """docs/deployment.md's LiteRT snippet (the interpreter alone, int8 I/O by hand) names the
+    class that mobilenets' loader predicts, for the float and the int8 file."""
+    model, pre, images, _ = fmnist
+    (tmp_path / "run").mkdir()
+    target = tmp_path / "run" / "best.tflite"
+    if int8:
+        deploy.export_model(model, "litert", target, preprocessing=pre, int8=True,
+                            calibration_images=images["calibration_images"])
+    else:
+        target.write_bytes(litert_file.read_bytes())
+        artifacts.sidecar_path(target).write_bytes(artifacts.sidecar_path(litert_file).read_bytes())
+    from PIL import Image
+    sample = np.load(FIXTURES / "fmnist_sample.npz")
+    Image.fromarray(sample["test_images"][0]).save(tmp_path / "shoe.png")
+    docs = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    snippet = docs.split("## LiteRT (TFLite)", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    want = artifacts.load(target).predict([str(tmp_path / "shoe.png")], top_k=1)[0]
+    capsys.readouterr()
+    exec(compile(snippet, "deployment.md", "exec"), {})
+    assert capsys.readouterr().out.strip() == want.top[0][0]
+
+
+@pytest.mark.parametrize("name", ["FlexAddV2", "EvilOp"])
+def test_a_litert_file_with_a_custom_operation_is_refused(name, litert_file, tmp_path, monkeypatch):
+    """An attacker writes the .tflite and its sidecar: a custom or Flex operation (where a
+    registerer from a shared library or TensorFlow's kernels would hook in) is one error,
+    raised before the interpreter reads the file."""
+    import ai_edge_litert.interpreter
+
+    path = tmp_path / "a.tflite"
+    path.write_bytes(litert_file.read_bytes())
+    artifacts.sidecar_path(path).write_bytes(artifacts.sidecar_path(litert_file).read_bytes())
+    _with_custom_operation(path, name)
+    monkeypatch.setattr(ai_edge_litert.interpreter, "Interpreter", lambda *a, **k: pytest.fail("interpreter built"))
+    with pytest.raises(MobilenetsError, match=f"not a loadable litert file: it names custom operations \\({name}\\)"):
+        artifacts.load(path)
+    path.write_bytes(b"not a flatbuffer" * 8)
+    side = artifacts.sidecar_path(path)
+    side.write_text(json.dumps({**json.loads(side.read_text()), "artifact_sha256": None}))
+    with pytest.raises(MobilenetsError, match="not a loadable litert file"):
+        artifacts.load(path)
+
+
+def test_litert_runs_on_the_threads_asked_for(litert_file, monkeypatch):
+    import ai_edge_litert.interpreter
+
+    seen = []
+    real = ai_edge_litert.interpreter.Interpreter
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("num_threads"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ai_edge_litert.interpreter, "Interpreter", spy)
+    artifacts.load(litert_file, threads=3)
+    artifacts.load(litert_file)
+    assert seen == [3, torch.get_num_threads()]
+
+
+def test_litert_export_keeps_third_party_output_off_the_terminal(tmp_path):
+    """litert-torch, torchao, absl and XNNPACK print on import, conversion and load (C++
+    logs, warnings, a progress display); a fresh process shows none of it, only our lines."""
+    import subprocess
+    import sys
+
+    runtime("litert")
+    ckpt = tmp_path / "best.safetensors"
+    ckpt.write_bytes(CHECKPOINT.read_bytes())
+    sample = np.load(FIXTURES / "fmnist_sample.npz")
+    from PIL import Image
+    (tmp_path / "calib").mkdir()
+    for i in range(8):
+        Image.fromarray(sample["calibration_images"][i]).save(tmp_path / "calib" / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    done = subprocess.run([sys.executable, "-m", "mobilenets", "export", str(ckpt), "--format", "litert",
+                           "--int8", "--calibration-data", str(tmp_path / "calib"), "--calibration-size", "8"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert done.stdout.splitlines()[0] == f"exported int8 litert -> {tmp_path / 'best.int8.tflite'}"
+    assert all(line.split(" ", 1)[0] in ("exported", "parity:", "int8", "metadata") for line in done.stdout.splitlines())

@@ -35,7 +35,7 @@ from .safety import (check_onnx_external_data, check_pt2_members, quiet_loading,
 
 #: File suffix of each export format (the runtimes' in :mod:`mobilenets.deploy.runtimes`).
 EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2",
-                              "openvino": ".xml"}
+                              "openvino": ".xml", "litert": ".tflite"}
 #: What :func:`artifact_kind` answers.
 KINDS: tuple[str, ...] = ("checkpoint", "onnx", "onnx-int8", *EXTENSIONS.keys() - {"onnx"})
 _SUFFIX_KINDS = {".safetensors": "checkpoint", **{v: k for k, v in EXTENSIONS.items()}}
@@ -256,6 +256,8 @@ def _load_runtime(path: Path, kind: str, threads: int | None) -> Artifact:
     runtime = require(kind)
     try:
         run = runtime.load(path, threads)
+    except MobilenetsError:  # the runtime's own refusal (a custom operation), already worded
+        raise
     except Exception as e:  # noqa: BLE001 - each runtime raises its own types for bad files
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise MobilenetsError(f"{path} is not a loadable {kind} file: {type(e).__name__}: {first}") from e

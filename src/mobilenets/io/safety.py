@@ -16,6 +16,9 @@ file proves only that the two travelled together. The defence is in how each for
   library unless the program registers one, which we never do.
 - OpenVINO IR (``.xml`` graph, ``.bin`` weights): OpenVINO's parser, with no extension
   library added, so an operation outside OpenVINO's opsets is an error.
+- LiteRT ``.tflite``: a flatbuffer graph; one naming a custom or ``Flex`` operation is refused
+  before the interpreter reads it (``runtimes.litert.check_operators``), which then runs with
+  builtin kernels only (no custom-op registerer, no delegate library).
 - ``.pth``/``.bin`` weights to convert: ``torch.load(weights_only=True)``.
 - Keras ``.h5``: read with h5py as arrays; the model config (where a Lambda layer's code
   would live) is never read.
@@ -69,6 +72,10 @@ POLICY: tuple[FormatPolicy, ...] = (
                  "OpenVINO's read_model: the XML graph and the .bin weights beside it (both "
                  "hashed in the sidecar); operations from OpenVINO's own opsets only, no "
                  "extension library is ever added", "nothing"),
+    FormatPolicy("litert", (".tflite",), False,
+                 "operation codes read from the flatbuffer first: a custom or Flex operation is "
+                 "refused; then ai_edge_litert's Interpreter with builtin kernels and XNNPACK, no "
+                 "custom-op registerer or delegate library", "nothing"),
     FormatPolicy("torch weights", (".pth", ".bin"), True,
                  "torch.load(weights_only=True): tensors and plain containers only", "nothing"),
     FormatPolicy("keras weights", (".h5",), True,

@@ -43,6 +43,11 @@ class Runtime:
 RUNTIMES: dict[str, Runtime] = {r.format: r for r in (
     Runtime("openvino", ".xml", "openvino", ("openvino", "nncf"),
             "OpenVINO IR (.xml graph + .bin weights) on the CPU plugin; int8 through NNCF"),
+    # LiteRT: the interpreter is all that loading needs; the converter (litert_torch, 7 s to
+    # import) is checked when converting, with the same message (runtimes/litert.py).
+    Runtime("litert", ".tflite", "litert", ("ai_edge_litert",),
+            "LiteRT (formerly TensorFlow Lite) .tflite on its interpreter with XNNPACK; int8 "
+            "through litert-torch's PT2E quantizer"),
 )}
 
 
