@@ -43,6 +43,9 @@ class Runtime:
 RUNTIMES: dict[str, Runtime] = {r.format: r for r in (
     Runtime("openvino", ".xml", "openvino", ("openvino", "nncf"),
             "OpenVINO IR (.xml graph + .bin weights) on the CPU plugin; int8 through NNCF"),
+    Runtime("executorch", ".pte", "executorch", ("executorch", "torchao"),
+            "ExecuTorch program (.pte) lowered to the XNNPACK delegate; int8 through the "
+            "XNNPACK PT2E quantizer"),
 )}
 
 
