@@ -57,13 +57,21 @@ def companions(path: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def _quiet(label: str) -> Iterator[None]:
-    """Python loggers captured, known-harmless warnings dropped, C++ prints on fds 1-2 captured."""
-    with captured_logs(_LOGGERS, label), warnings.catch_warnings(), _quiet_fds(label):
-        # torch's pytree spec deprecation (raised while torchao/executorch copy specs), torchao's
-        # and executorch's own deprecations and the "converted in training mode" notes.
-        for category in (FutureWarning, DeprecationWarning, UserWarning):
-            warnings.filterwarnings("ignore", category=category)
-        yield
+    """Python loggers captured, known-harmless warnings dropped, C++ prints on fds 1-2 captured.
+    The root logger is restored afterwards: XNNPACK's partitioner calls ``logging.basicConfig``
+    on import and ExecuTorch logs through the root logger (which configures it too), after
+    which every library's warnings would print on the user's terminal."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with captured_logs(_LOGGERS, label), warnings.catch_warnings(), _quiet_fds(label):
+            # torch's pytree spec deprecation (raised while torchao/executorch copy specs),
+            # torchao's and executorch's own deprecations.
+            for category in (FutureWarning, DeprecationWarning, UserWarning):
+                warnings.filterwarnings("ignore", category=category)
+            yield
+    finally:
+        root.handlers[:], root.level = handlers, level
 
 
 @contextlib.contextmanager
@@ -92,17 +100,19 @@ def _quiet_fds(label: str) -> Iterator[None]:
 def convert(model: nn.Module, example: torch.Tensor, output: Path,
             calibration: np.ndarray | None) -> list[Path]:
     """Write ``model`` as a ``.pte`` lowered to XNNPACK, int8 when ``calibration`` is given."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     with _quiet("while converting to ExecuTorch"):
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
         if calibration is not None:
             model = _quantize(model, example, calibration)
         program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim())
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        _log_undelegated(lowered.exported_program())
         _plan_for(lowered.exported_program())
+        delegation = _delegation(lowered.exported_program())
         data = lowered.to_executorch().buffer
+    _LOG.debug("ExecuTorch: %s", delegation)  # outside the capture of fd 2, where logs go
     atomic_write_bytes(output, data)
     return [output]
 
@@ -128,16 +138,16 @@ def _quantize(model: nn.Module, example: torch.Tensor, calibration: np.ndarray) 
     return convert_pt2e(prepared)
 
 
-def _log_undelegated(program: Any) -> None:
+def _delegation(program: Any) -> str:
     """How many operators XNNPACK did not take (they run in ExecuTorch's portable kernels);
     the flatten between pooling and classifier is a view, which costs nothing."""
-    ops = [str(n.target) for n in program.graph_module.graph.nodes if n.op == "call_function"
-           and "executorch_call_delegate" not in str(n.target) and "getitem" not in str(n.target)
-           and "sym_size" not in str(n.target)]
-    delegates = sum("executorch_call_delegate" in str(n.target)
-                    for n in program.graph_module.graph.nodes)
-    _LOG.debug("ExecuTorch: %d XNNPACK partition(s), %d operator(s) not delegated%s",
-               delegates, len(ops), f": {', '.join(ops)}" if ops else "")
+    names = [str(n.target).split(">: schema")[0].removeprefix("<EdgeOpOverload: ")
+             for n in program.graph_module.graph.nodes if n.op == "call_function"]
+    delegates = sum("executorch_call_delegate" in name for name in names)
+    ops = [name for name in names
+           if not any(s in name for s in ("executorch_call_delegate", "getitem", "sym_size"))]
+    listed = f": {', '.join(sorted(set(ops)))}" if ops else ""
+    return f"{delegates} XNNPACK partition(s), {len(ops)} operator(s) not delegated{listed}"
 
 
 def _plan_for(lowered: Any) -> None:
