@@ -69,6 +69,11 @@ POLICY: tuple[FormatPolicy, ...] = (
                  "OpenVINO's read_model: the XML graph and the .bin weights beside it (both "
                  "hashed in the sidecar); operations from OpenVINO's own opsets only, no "
                  "extension library is ever added", "nothing"),
+    FormatPolicy("executorch", (".pte",), False,
+                 "ExecuTorch's Program/Method loader: operators resolved only against the "
+                 "kernels compiled into the executorch package, delegate blobs only by the "
+                 "backends compiled in (XNNPACK); no kernel or backend library is ever loaded "
+                 "for a file, so a foreign operator or delegate is an error", "nothing"),
     FormatPolicy("torch weights", (".pth", ".bin"), True,
                  "torch.load(weights_only=True): tensors and plain containers only", "nothing"),
     FormatPolicy("keras weights", (".h5",), True,
