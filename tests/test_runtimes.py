@@ -235,3 +235,24 @@ def test_executorch_export_prints_nothing_of_its_libraries(tmp_path, capfd):
     out, err = capfd.readouterr()
     assert err == "" and "exported executorch ->" in out and "cpuinfo" not in out
     assert logging.getLogger().handlers == root
+
+
+def test_the_docs_executorch_snippet_runs_an_export_outside_mobilenets(fmnist, tmp_path, capsys):
+    """docs/deployment.md shows how to run the ``.pte`` with ExecuTorch's own API and the
+    sidecar's preprocessing: that snippet, on a real export, names the model's class."""
+    runtime("executorch")
+    import re
+
+    model, pre, images, _ = fmnist
+    a = deploy.export_model(model, "executorch", tmp_path / "best.pte", preprocessing=pre)
+    text = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    section = text[text.index("## ExecuTorch (XNNPACK)"):]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    code = code.replace("run/best.pte", str(a.path)).replace(
+        "np.zeros((1, p[\"channels\"], p[\"input_size\"], p[\"input_size\"]), np.uint8)", "pixels_in")
+    assert "pixels_in" in code and str(a.path) in code
+    pixels = images["test_images"][:1].numpy()
+    exec(compile(code, "deployment.md", "exec"), {"pixels_in": pixels})
+    with torch.no_grad():
+        want = model(torch.from_numpy(deploy.preprocess(images["test_images"][:1], pre))).argmax(1)
+    assert capsys.readouterr().out.strip() == pre.classes[int(want[0])]
