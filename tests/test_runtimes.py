@@ -209,7 +209,7 @@ def test_an_executorch_program_with_a_foreign_backend_or_operator_is_refused(nam
 
 def test_executorch_runs_batches_beyond_its_planned_bound(fmnist, tmp_path):
     """The program is planned for at most ``MAX_BATCH`` images: a larger batch is cut into
-    runs, and every run's output is copied out of the memory the next run reuses."""
+    runs whose logits are joined in order."""
     runtime("executorch")
     from mobilenets.deploy.runtimes import executorch as et
 

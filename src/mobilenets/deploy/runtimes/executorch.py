@@ -100,9 +100,8 @@ def _quiet_fds(label: str) -> Iterator[None]:
 def convert(model: nn.Module, example: torch.Tensor, output: Path,
             calibration: np.ndarray | None) -> list[Path]:
     """Write ``model`` as a ``.pte`` lowered to XNNPACK, int8 when ``calibration`` is given."""
-    from executorch.exir import to_edge_transform_and_lower
-
     with _quiet("while converting to ExecuTorch"):
+        from executorch.exir import to_edge_transform_and_lower
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         if calibration is not None:
@@ -165,8 +164,8 @@ def _plan_for(lowered: Any) -> None:
 
 def load(path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
     """The program's ``forward``, on ``threads`` XNNPACK threads (ExecuTorch's thread pool is
-    process-wide), run on at most :data:`MAX_BATCH` images at a time. The outputs are
-    copied: ExecuTorch returns views of its planned memory, which the next run overwrites."""
+    process-wide), run on at most :data:`MAX_BATCH` images at a time (the size the program
+    was planned for, read from its metadata) and the runs' logits joined."""
     with _quiet("while loading an ExecuTorch program"):
         from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
         from executorch.runtime import Runtime
