@@ -297,3 +297,78 @@ def test_litert_export_keeps_third_party_output_off_the_terminal(tmp_path):
     assert done.stderr == ""
     assert done.stdout.splitlines()[0] == f"exported int8 litert -> {tmp_path / 'best.int8.tflite'}"
     assert all(line.split(" ", 1)[0] in ("exported", "parity:", "int8", "metadata") for line in done.stdout.splitlines())
+
+
+@pytest.mark.parametrize("name, foreign", [
+    (b"XnnpackBackend", b"ForeignBackend"),  # a delegate blob for a backend not compiled in
+    (b"executorch_prim::et_view", b"executorch_prim::et_evil"),  # an operator not in the registry
+])
+def test_an_executorch_program_with_a_foreign_backend_or_operator_is_refused(name, foreign, fmnist, tmp_path):
+    """An attacker writes the ``.pte`` and its sidecar (hash recomputed): a delegate that is
+    not one the ExecuTorch runtime was built with, or an operator outside its kernel
+    registry, is one error (ExecuTorch never loads a library named by the file)."""
+    runtime("executorch")
+    import hashlib
+
+    model, pre, _, _ = fmnist
+    a = deploy.export_model(model, "executorch", tmp_path / "a.pte", preprocessing=pre)
+    data = a.path.read_bytes()
+    assert name in data
+    a.path.write_bytes(data.replace(name, foreign))
+    side = artifacts.sidecar_path(a.path)
+    meta = json.loads(side.read_text())
+    meta["artifact_sha256"] = hashlib.sha256(a.path.read_bytes()).hexdigest()
+    side.write_text(json.dumps(meta))
+    with pytest.raises(MobilenetsError, match="not a loadable executorch file"):
+        artifacts.load(a.path)
+
+
+def test_executorch_runs_batches_beyond_its_planned_bound(fmnist, tmp_path):
+    """The program is planned for at most ``MAX_BATCH`` images: a larger batch is cut into
+    runs whose logits are joined in order."""
+    runtime("executorch")
+    from mobilenets.deploy.runtimes import executorch as et
+
+    model, pre, images, _ = fmnist
+    a = deploy.export_model(model, "executorch", tmp_path / "a.pte", preprocessing=pre)
+    x = deploy.preprocess(images["test_images"], pre)[: et.MAX_BATCH * 2 + 3]
+    run = et.load(a.path, threads=1)
+    got, ref = run(x), logits(model, x)
+    assert got.shape == (len(x), 10)
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def test_executorch_export_prints_nothing_of_its_libraries(tmp_path, capfd):
+    """torchao's CUDA warnings, torch's deprecations, XNNPACK's ``basicConfig`` and
+    ExecuTorch's C++ cpuinfo lines stay out of the terminal (``--verbose`` shows them)."""
+    runtime("executorch")
+    import logging
+
+    ckpt = tmp_path / "best.safetensors"
+    ckpt.write_bytes(CHECKPOINT.read_bytes())
+    root = logging.getLogger().handlers[:]
+    assert main(["export", str(ckpt), "--format", "executorch"]) == 0
+    out, err = capfd.readouterr()
+    assert err == "" and "exported executorch ->" in out and "cpuinfo" not in out
+    assert logging.getLogger().handlers == root
+
+
+def test_the_docs_executorch_snippet_runs_an_export_outside_mobilenets(fmnist, tmp_path, capsys):
+    """docs/deployment.md shows how to run the ``.pte`` with ExecuTorch's own API and the
+    sidecar's preprocessing: that snippet, on a real export, names the model's class."""
+    runtime("executorch")
+    import re
+
+    model, pre, images, _ = fmnist
+    a = deploy.export_model(model, "executorch", tmp_path / "best.pte", preprocessing=pre)
+    text = (Path(__file__).parents[1] / "docs" / "deployment.md").read_text()
+    section = text[text.index("## ExecuTorch (XNNPACK)"):]
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    code = code.replace("run/best.pte", str(a.path)).replace(
+        "np.zeros((1, p[\"channels\"], p[\"input_size\"], p[\"input_size\"]), np.uint8)", "pixels_in")
+    assert "pixels_in" in code and str(a.path) in code
+    pixels = images["test_images"][:1].numpy()
+    exec(compile(code, "deployment.md", "exec"), {"pixels_in": pixels})
+    with torch.no_grad():
+        want = model(torch.from_numpy(deploy.preprocess(images["test_images"][:1], pre))).argmax(1)
+    assert capsys.readouterr().out.strip() == pre.classes[int(want[0])]

@@ -35,7 +35,7 @@ from .safety import (check_onnx_external_data, check_pt2_members, quiet_loading,
 
 #: File suffix of each export format (the runtimes' in :mod:`mobilenets.deploy.runtimes`).
 EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2",
-                              "openvino": ".xml", "litert": ".tflite"}
+                              "openvino": ".xml", "executorch": ".pte", "litert": ".tflite"}
 #: What :func:`artifact_kind` answers.
 KINDS: tuple[str, ...] = ("checkpoint", "onnx", "onnx-int8", *EXTENSIONS.keys() - {"onnx"})
 _SUFFIX_KINDS = {".safetensors": "checkpoint", **{v: k for k, v in EXTENSIONS.items()}}

@@ -76,6 +76,11 @@ POLICY: tuple[FormatPolicy, ...] = (
                  "operation codes read from the flatbuffer first: a custom or Flex operation is "
                  "refused; then ai_edge_litert's Interpreter with builtin kernels and XNNPACK, no "
                  "custom-op registerer or delegate library", "nothing"),
+    FormatPolicy("executorch", (".pte",), False,
+                 "ExecuTorch's Program/Method loader: operators resolved only against the "
+                 "kernels compiled into the executorch package, delegate blobs only by the "
+                 "backends compiled in (XNNPACK); no kernel or backend library is ever loaded "
+                 "for a file, so a foreign operator or delegate is an error", "nothing"),
     FormatPolicy("torch weights", (".pth", ".bin"), True,
                  "torch.load(weights_only=True): tensors and plain containers only", "nothing"),
     FormatPolicy("keras weights", (".h5",), True,

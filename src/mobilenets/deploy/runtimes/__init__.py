@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ...errors import MobilenetsError
+from ...logs import captured_logs
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class Runtime:
 RUNTIMES: dict[str, Runtime] = {r.format: r for r in (
     Runtime("openvino", ".xml", "openvino", ("openvino", "nncf"),
             "OpenVINO IR (.xml graph + .bin weights) on the CPU plugin; int8 through NNCF"),
+    Runtime("executorch", ".pte", "executorch", ("executorch", "torchao"),
+            "ExecuTorch program (.pte) lowered to the XNNPACK delegate; int8 through the "
+            "XNNPACK PT2E quantizer"),
     # LiteRT: the interpreter is all that loading needs; the converter (litert_torch, 7 s to
     # import) is checked when converting, with the same message (runtimes/litert.py).
     Runtime("litert", ".tflite", "litert", ("ai_edge_litert",),
@@ -54,10 +58,13 @@ RUNTIMES: dict[str, Runtime] = {r.format: r for r in (
 def require(fmt: str) -> ModuleType:
     """The module of runtime ``fmt``, once its packages import; else one error naming the extra."""
     runtime = RUNTIMES[fmt]
-    for package in runtime.packages:
-        try:
-            importlib.import_module(package)
-        except ImportError as e:
-            raise MobilenetsError(f"the {fmt} runtime needs the {runtime.extra} extra ({package} "
-                                  f"does not import: {e}): pip install 'mobilenets[{runtime.extra}]'") from e
+    # Importing is quiet: torchao logs that it cannot load its CUDA kernels on a CPU machine,
+    # torch logs deprecations (shown at debug level, mobilenets --verbose).
+    with captured_logs((*runtime.packages, "torch"), f"while importing the {fmt} runtime"):
+        for package in runtime.packages:
+            try:
+                importlib.import_module(package)
+            except ImportError as e:
+                raise MobilenetsError(f"the {fmt} runtime needs the {runtime.extra} extra ({package} does "
+                                      f"not import: {e}): pip install 'mobilenets[{runtime.extra}]'") from e
     return importlib.import_module(f"{__name__}.{fmt}")
