@@ -109,7 +109,9 @@ def test_cli_export_eval_predict_bench(fmt, tmp_path, capsys):
     assert main(["predict", str(ckpt), str(tmp_path / "shoe.png"), "--json"]) == 0
     want = json.loads(capsys.readouterr().out)
     assert [p["class"] for p in got[0]["top"]] == [p["class"] for p in want[0]["top"]]
-    report = benchmark(load_model(ckpt)[0], batches=[1, 3], resolution=28, backends=[fmt, f"{fmt}-int8"],
+    # int8 in bench is the same code path for every runtime; once (the cheapest) is enough.
+    backends = [fmt, f"{fmt}-int8"] if fmt == "openvino" else [fmt]
+    report = benchmark(load_model(ckpt)[0], batches=[1, 3], resolution=28, backends=backends,
                        threads=1, seconds=0.05, peak_size=64)
     assert all(r.median_ms and r.median_ms > 0 for r in report.results), report.table()
 
