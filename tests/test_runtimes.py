@@ -374,3 +374,19 @@ def test_the_docs_executorch_snippet_runs_an_export_outside_mobilenets(fmnist, t
     with torch.no_grad():
         want = model(torch.from_numpy(deploy.preprocess(images["test_images"][:1], pre))).argmax(1)
     assert capsys.readouterr().out.strip() == pre.classes[int(want[0])]
+
+
+def test_backend_names_the_files_runtime(tmp_path, capsys):
+    """``--backend`` of predict runs a file on its own runtime; another is one error naming the way."""
+    from mobilenets.io.artifact import RUNNERS, check_runner, runner_of
+
+    assert set(RUNTIMES) <= set(RUNNERS)
+    assert [runner_of(k) for k in ("checkpoint", "pt2", "onnx-int8", "openvino", "litert")] == \
+        ["torch", "torch", "onnxruntime", "openvino", "litert"]
+    check_runner("m.xml", "openvino", "openvino")
+    with pytest.raises(MobilenetsError, match="export --format executorch"):
+        check_runner("m.xml", "openvino", "executorch")
+    ckpt = tmp_path / "best.safetensors"
+    ckpt.write_bytes(CHECKPOINT.read_bytes())
+    assert main(["predict", str(ckpt), str(ckpt), "--backend", "litert"]) == 2
+    assert "--backend litert cannot run" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import argparse
 from ..analysis.paper import TOPICS
 from ..deploy.bench import BACKENDS, DEFAULT_BACKENDS
 from ..deploy.export import FORMATS
-from ..io.artifact import EXTENSIONS
+from ..io.artifact import EXTENSIONS, RUNNERS
 from ..training.recipes import RECIPES
 from .arguments import Parser
 from .options import add_model_options, add_reuse_memory_option
@@ -193,8 +193,9 @@ def _add_predict(sub: _Commands) -> None:
     p.add_argument("checkpoint", nargs="?", help="a .safetensors checkpoint, a run directory (its "
                                                  "best checkpoint) or an exported .onnx/.pt/.pt2 file")
     _add_model_source(p)
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="auto: onnxruntime for .onnx files, PyTorch otherwise")
+    p.add_argument("--backend", choices=RUNNERS, default="auto",
+                   help="auto: the file's own (onnxruntime for .onnx, OpenVINO for .xml, ExecuTorch "
+                        "for .pte, LiteRT for .tflite, PyTorch otherwise); another is an error")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -317,8 +318,9 @@ def _add_serve(sub: _Commands) -> None:
     _add_pretrained(p)
     p.add_argument("--trust-code", action="store_true",
                    help="load a TorchScript .pt file, which is a program: only one you trust")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="auto: onnxruntime for .onnx files, PyTorch otherwise")
+    p.add_argument("--backend", choices=RUNNERS, default="auto",
+                   help="auto: the file's own (onnxruntime for .onnx, OpenVINO for .xml, ExecuTorch "
+                        "for .pte, LiteRT for .tflite, PyTorch otherwise); another is an error")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens "
                         "it to the network, without authentication)")

@@ -18,7 +18,7 @@ from ..data.datasets import load_dataset
 from ..deploy.export import bf16_inference
 from ..deploy.predict import predict_files
 from ..errors import MobilenetsError
-from ..io.artifact import Artifact, artifact_kind, load
+from ..io.artifact import Artifact, artifact_kind, check_runner, load
 from ..io.checkpoint import load_model
 from ..training import EvalResult, TrainConfig, TrainingInterrupted, evaluate, preflight, train
 from .confusion import MAX_TEXT_CONFUSION, format_confusion, plot_confusion
@@ -230,12 +230,7 @@ def _finite(value: Any) -> Any:
 
 def _check_backend(args: argparse.Namespace, kind: str) -> None:
     """``--backend`` against the kind of file ``predict`` runs."""
-    onnx = kind in ("onnx", "onnx-int8")
-    backend = args.backend if args.backend != "auto" else ("onnxruntime" if onnx else "torch")
-    if (backend == "onnxruntime") != onnx:
-        raise MobilenetsError(f"--backend {backend} cannot run {args.checkpoint}: onnxruntime runs .onnx "
-                              "files (make one with `mobilenets export CHECKPOINT --format onnx`), "
-                              "torch runs .safetensors, .pt and .pt2 files")
+    check_runner(args.checkpoint, kind, args.backend)
 
 
 def _pretrained(args: argparse.Namespace, data: str | None = None) -> tuple[nn.Module, dict[str, Any]]:

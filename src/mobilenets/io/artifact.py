@@ -177,6 +177,29 @@ def artifact_kind(path: str | os.PathLike) -> str:
     return kind
 
 
+#: What ``--backend`` of ``predict``, ``eval`` and ``serve`` can name ("auto": the file's own).
+RUNNERS: tuple[str, ...] = ("auto", "torch", "onnxruntime", *(k for k in EXTENSIONS if k not in
+                                                              ("onnx", "torchscript", "pt2")))
+
+
+def runner_of(kind: str) -> str:
+    """The engine that runs a file of :func:`artifact_kind` ``kind``: PyTorch for checkpoints,
+    TorchScript and ``.pt2``, onnxruntime for ONNX, else the runtime of that name."""
+    if kind in ("checkpoint", "torchscript", "pt2"):
+        return "torch"
+    return "onnxruntime" if kind in ("onnx", "onnx-int8") else kind
+
+
+def check_runner(path: str | os.PathLike, kind: str, backend: str) -> None:
+    """``--backend`` against the file it should run: one runs only its own files."""
+    own = runner_of(kind)
+    if backend not in ("auto", own):
+        raise MobilenetsError(f"--backend {backend} cannot run {path}, a {kind} file that runs on "
+                              f"{own}; export the checkpoint with `mobilenets export --format "
+                              f"{'onnx' if backend == 'onnxruntime' else backend}` to run it on "
+                              f"{backend} (torch runs .safetensors, .pt and .pt2 files)")
+
+
 def _onnx_is_int8(path: Path) -> bool:
     """Whether an ONNX file's mobilenets metadata records int8 quantization (a file that does
     not parse is left to the loader, which says why)."""

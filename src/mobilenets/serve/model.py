@@ -126,12 +126,11 @@ def load_served(source: str | os.PathLike | None, *, pretrained: str | None = No
     path = Path(source)
     if not path.exists():
         raise MobilenetsError(f"model not found: {path}")
-    suffix = ".safetensors" if path.is_dir() else path.suffix
-    chosen = backend if backend != "auto" else ("onnxruntime" if suffix == ".onnx" else "torch")
-    if (chosen == "onnxruntime") != (suffix == ".onnx"):
-        raise MobilenetsError(f"--backend {chosen} cannot run {path}: onnxruntime runs .onnx files, "
-                              "torch runs .safetensors, .pt and .pt2 files")
-    if suffix == ".safetensors":
+    from ..io.artifact import artifact_kind, check_runner
+
+    kind = artifact_kind(path)
+    check_runner(path, kind, backend)
+    if kind == "checkpoint":
         from ..io.checkpoint import load_model
 
         model, meta = load_model(path)
@@ -164,14 +163,14 @@ def _from_pretrained(spec: str) -> ServedModel:
 
 def _from_artifact(path: Path, trust_code: bool) -> ServedModel:
     """An exported file through the one artifact loader (:mod:`mobilenets.io.artifact`)."""
-    from ..io.artifact import load_artifact
+    from ..io.artifact import load_artifact, runner_of
 
     artifact = load_artifact(path, trust_code=trust_code)
 
     def logits(batch: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(np.asarray(artifact(batch.numpy())))
 
-    backend = "onnxruntime" if artifact.format == "onnx" else "torch"
+    backend = runner_of(artifact.format)
     meta = {**artifact.meta, "format": artifact.format}
     served = ServedModel(str(meta.get("model", path.stem)), backend, meta, logits, str(path))
     served.card = model_card(meta, None)
