@@ -36,16 +36,15 @@ MIN_AGREEMENT, MAX_LOSS = 0.99, 0.005
 
 
 def int8_formats() -> list[str]:
-    """ONNX and every runtime that runs here and is installed."""
+    """ONNX and every runtime that is installed."""
     out = ["onnx"]
-    for fmt, runtime in RUNTIMES.items():
+    for fmt in RUNTIMES:
         try:
             require(fmt)
         except MobilenetsError as e:
             print(f"skipping {fmt}: {e}", file=sys.stderr)
             continue
-        if runtime.runs_here:
-            out.append(fmt)
+        out.append(fmt)
     return out
 
 

@@ -20,7 +20,8 @@ Each run is scored (last epoch, no model selection) on all 5,000 test images of 
     python benchmarks/transfer.py --models mobilenet_v3_small --seeds 0 1 2
     python benchmarks/transfer.py --table               # the docs table from the JSON
 
-Writes ``benchmarks/results/transfer.json`` after every run (a killed run keeps what it had).
+Writes ``benchmarks/results/transfer.json`` after every run (a killed run keeps what it had),
+keeping the runs of models not given to ``--models``.
 """
 
 from __future__ import annotations
@@ -181,6 +182,12 @@ def main() -> None:
                                "widths": WIDTHS, "schedules": {str(k): {"batch": b, "epochs": e}
                                                                for k, (b, e) in SCHEDULES.items()},
                                "runs": []}
+    if RESULTS.exists():  # other models' runs are kept: one file, one table
+        old = json.loads(RESULTS.read_text())
+        kept = [r for r in old.get("runs", []) if r["model"] not in args.models]
+        if kept:
+            results["runs"] = kept
+            results["command"] = f"{old['command']}; then {results['command']}"
     t0 = time.perf_counter()
     for model in args.models:
         ckpt = pretrain(model, work, data, args.pretrain_epochs, args.pretrain_images)

@@ -27,7 +27,7 @@ from mobilenets.io.checkpoint import load_model
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CHECKPOINT = FIXTURES / "fmnist_v3s_minimal_025.safetensors"
-RUNNABLE = [f for f, r in RUNTIMES.items() if r.runs_here]
+RUNNABLE = list(RUNTIMES)
 
 
 def runtime(fmt: str) -> None:

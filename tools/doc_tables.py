@@ -392,6 +392,56 @@ def onnx_consumers_table(results: Results) -> str:
             + caption(results, "onnx_consumers.json"))
 
 
+# --- mobile and edge runtimes (benchmarks/runtimes.py, runtime_accuracy.py) -----------------------
+
+RUNTIME_BACKENDS = ("onnxruntime", "onnxruntime-int8", "openvino", "openvino-int8", "executorch",
+                    "executorch-int8", "litert", "litert-int8")
+
+
+def runtimes_table(results: Results) -> str:
+    d = results("runtimes.json")
+    header = ["model", "batch"] + [b.replace("onnxruntime", "ORT") for b in RUNTIME_BACKENDS] + \
+        ["fastest", "best int8 vs ORT fp32"]
+    rows = []
+    for r in d["summary"]:
+        cells = []
+        for b in RUNTIME_BACKENDS:
+            v = r["median_ms"].get(b)
+            cells.append("–" if v is None else f"{v:.2f}" + ("†" if b in r["contended"] else "")
+                         + (f" ({ratio(r['vs_onnxruntime'][b])})" if b != "onnxruntime" else ""))
+        best = r.get("best_int8_vs_onnxruntime")
+        rows.append([f"`{r['model']}`", str(r["batch"])] + cells
+                    + [f"{r['fastest']}" + ("" if r["choices_within_10pct"] else " (bench chose otherwise)"),
+                       "–" if best is None else f"{ratio(best)} {r['best_int8']}"])
+    runs = d["summary"][0]["runs"]
+    met = ", ".join(f"{m}: {'met' if ok else 'not met'}" for m, ok in d["targets_met"].items())
+    return (markdown(header, rows, left=2)
+            + f"
+
+Median latency in ms ({'median over ' + str(runs) + ' runs, ' if runs > 1 else ''}"
+            f"224×224, {d['threads']} threads, random weights; ×: speed relative to onnxruntime fp32). "
+            "All backends of a model timed in one process in interleaved rounds, as `mobilenets bench` "
+            "does; † rounds timed while other processes used the CPU. LiteRT runs one image per call "
+            "(batch 32 is 32 calls). Targets, best int8 vs ORT fp32 at batch 1 (V2 ≥ ×2.0, V3-Large "
+            f"≥ ×1.6): {met}." + caption(results, "runtimes.json"))
+
+
+def runtime_accuracy_table(results: Results) -> str:
+    d = results("runtime_accuracy.json")
+    rows = [[f"`{r['model']}`", r["format"], pct(r["acc_float"]), pct(r["acc_int8"]),
+             f"{r['change_points']:+.2f}", pct(r["agreement"]), "yes" if r["within_limits"] else "**no**"]
+            for r in d["rows"]]
+    limits = d["limits"]
+    return (markdown(["model", "int8 format", "float top-1", "int8 top-1", "change (points)",
+                      "top-1 agreement with float", "within limits"], rows, left=2)
+            + f"
+
+The {d['rows'][0]['test_images']:,} Fashion-MNIST test images, int8 calibrated on "
+            f"{d['rows'][0]['calibration_images']} training images; limits: agreement ≥ "
+            f"{limits['agreement']:.0%} and a loss ≤ {100 * limits['loss']:.1f} point."
+            + caption(results, "runtime_accuracy.json"))
+
+
 TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "summary": summary_table,
     **{f"fmnist-{g}": partial(fmnist_table, g) for g in ("zen4", "side-by-side", "intel", "older")},
@@ -417,4 +467,6 @@ TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "eval-malloc-avx2": eval_malloc_table,
     "serve-load": serve_load_table,
     "onnx-consumers": onnx_consumers_table,
+    "runtimes": runtimes_table,
+    "runtime-accuracy": runtime_accuracy_table,
 }

@@ -38,7 +38,6 @@ class Runtime:
     extra: str
     packages: tuple[str, ...]  # importable names the module needs
     description: str
-    runs_here: bool = True  # False: converted here, runs elsewhere (Core ML on Apple devices)
 
 
 RUNTIMES: dict[str, Runtime] = {r.format: r for r in (
