@@ -416,9 +416,7 @@ def runtimes_table(results: Results) -> str:
     runs = d["summary"][0]["runs"]
     met = ", ".join(f"{m}: {'met' if ok else 'not met'}" for m, ok in d["targets_met"].items())
     return (markdown(header, rows, left=2)
-            + f"
-
-Median latency in ms ({'median over ' + str(runs) + ' runs, ' if runs > 1 else ''}"
+            + f"\n\nMedian latency in ms ({'median over ' + str(runs) + ' runs, ' if runs > 1 else ''}"
             f"224×224, {d['threads']} threads, random weights; ×: speed relative to onnxruntime fp32). "
             "All backends of a model timed in one process in interleaved rounds, as `mobilenets bench` "
             "does; † rounds timed while other processes used the CPU. LiteRT runs one image per call "
@@ -434,9 +432,7 @@ def runtime_accuracy_table(results: Results) -> str:
     limits = d["limits"]
     return (markdown(["model", "int8 format", "float top-1", "int8 top-1", "change (points)",
                       "top-1 agreement with float", "within limits"], rows, left=2)
-            + f"
-
-The {d['rows'][0]['test_images']:,} Fashion-MNIST test images, int8 calibrated on "
+            + f"\n\nThe {d['rows'][0]['test_images']:,} Fashion-MNIST test images, int8 calibrated on "
             f"{d['rows'][0]['calibration_images']} training images; limits: agreement ≥ "
             f"{limits['agreement']:.0%} and a loss ≤ {100 * limits['loss']:.1f} point."
             + caption(results, "runtime_accuracy.json"))
