@@ -428,6 +428,9 @@ def runtime_accuracy_table(results: Results) -> str:
     d = results("runtime_accuracy.json")
     rows = [[f"`{r['model']}`", r["format"], pct(r["acc_float"]), pct(r["acc_int8"]),
              f"{r['change_points']:+.2f}", pct(r["agreement"]), "yes" if r["within_limits"] else "**no**"]
+            if "refused" not in r else
+            [f"`{r['model']}`", r["format"], pct(r["acc_float"]), "–", "–", "–",
+             "**no**: export refused, error " + r["refused"].split(" = ", 1)[-1].split(", top-1")[0]]
             for r in d["rows"]]
     limits = d["limits"]
     return (markdown(["model", "int8 format", "float top-1", "int8 top-1", "change (points)",
