@@ -5,6 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
+import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 
 
@@ -27,3 +30,32 @@ def captured_logs(loggers: Sequence[str], label: str) -> Iterator[None]:
             logger.handlers, logger.propagate = handlers, propagate
         if buffer.getvalue():
             logging.getLogger("mobilenets").debug("%s:\n%s", label, buffer.getvalue())
+
+
+@contextlib.contextmanager
+def captured_descriptors(label: str) -> Iterator[None]:
+    """What native code (C++ runtimes: absl, cpuinfo, XNNPACK) writes straight to file
+    descriptors 1 and 2 inside the block goes to a temporary file, then to the ``mobilenets``
+    logger at DEBUG level under ``label``; Python's own streams are flushed first, so that
+    nothing of ours is captured."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace")
+            if text:
+                logging.getLogger("mobilenets").debug("%s (native output):\n%s", label, text)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from ...errors import MobilenetsError
-from ...logs import captured_logs
+from ...logs import captured_descriptors, captured_logs
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,8 @@ def require(fmt: str) -> ModuleType:
     runtime = RUNTIMES[fmt]
     # Importing is quiet: torchao logs that it cannot load its CUDA kernels on a CPU machine,
     # torch logs deprecations (shown at debug level, mobilenets --verbose).
-    with captured_logs((*runtime.packages, "torch"), f"while importing the {fmt} runtime"):
+    label = f"while importing the {fmt} runtime"
+    with captured_logs((*runtime.packages, "torch"), label), captured_descriptors(label):
         for package in runtime.packages:
             try:
                 importlib.import_module(package)

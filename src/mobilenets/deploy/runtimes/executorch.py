@@ -17,7 +17,7 @@ emitted.
 Quiet: torchao warns that it cannot load its CUDA kernels, torch logs deprecations while
 tracing; both loggers are captured (``mobilenets --verbose`` shows them). ExecuTorch's C++
 prints cpuinfo lines ("manual query on # of cpus dont match") on file descriptor 2 when it
-creates its thread pool or loads a program: :func:`_quiet_fds` sends descriptors 1 and 2 to a
+creates its thread pool or loads a program: :func:`mobilenets.logs.captured_descriptors` sends descriptors 1 and 2 to a
 file around those calls and passes what came to the debug log. A failing run can still print
 ExecuTorch's own C++ error lines before our error, as wrapping every call would cost time.
 """
@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,7 +36,7 @@ import torch
 from torch import nn
 
 from ...io.checkpoint import atomic_write_bytes
-from ...logs import captured_logs
+from ...logs import captured_descriptors, captured_logs
 
 INT8_NOTE = ("ExecuTorch XNNPACKQuantizer (PT2E): symmetric int8 activations, per-channel "
              "symmetric int8 weights, ranges from the calibration images; run by XNNPACK")
@@ -64,7 +61,7 @@ def _quiet(label: str) -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        with captured_logs(_LOGGERS, label), warnings.catch_warnings(), _quiet_fds(label):
+        with captured_logs(_LOGGERS, label), warnings.catch_warnings(), captured_descriptors(label):
             # torch's pytree spec deprecation (raised while torchao/executorch copy specs),
             # torchao's and executorch's own deprecations.
             for category in (FutureWarning, DeprecationWarning, UserWarning):
@@ -72,29 +69,6 @@ def _quiet(label: str) -> Iterator[None]:
             yield
     finally:
         root.handlers[:], root.level = handlers, level
-
-
-@contextlib.contextmanager
-def _quiet_fds(label: str) -> Iterator[None]:
-    """What C++ code writes to file descriptors 1 and 2 inside the block, at debug level."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 1)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace")
-            if text:
-                _LOG.debug("ExecuTorch %s (C++ output):\n%s", label, text)
 
 
 def convert(model: nn.Module, example: torch.Tensor, output: Path,
@@ -173,9 +147,12 @@ def load(path: Path, threads: int | None) -> Callable[[np.ndarray], np.ndarray]:
         if threads:
             _unsafe_reset_threadpool(threads)
         method = Runtime.get().load_program(Path(path)).load_method("forward")
-    if method is None:
-        raise ValueError("the program has no forward method")
-    limit = int(method.metadata.input_tensor_meta(0).sizes()[0])
+        if method is None:
+            raise ValueError("the program has no forward method")
+        sizes = [int(s) for s in method.metadata.input_tensor_meta(0).sizes()]
+        # The first run creates the thread pool, whose C++ cpuinfo lines belong in the debug log.
+        method.execute([torch.zeros(1, *sizes[1:])])
+    limit = sizes[0]
 
     def run(x: np.ndarray) -> np.ndarray:
         outs = [method.execute([torch.from_numpy(np.ascontiguousarray(x[i:i + limit]))])[0].numpy()

@@ -31,8 +31,6 @@ import importlib
 import io
 import logging
 import os
-import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,7 +41,7 @@ import torch
 from torch import nn
 
 from ...errors import MobilenetsError
-from ...logs import captured_logs
+from ...logs import captured_descriptors, captured_logs
 
 INT8_NOTE = ("litert-torch PT2E quantization: symmetric int8 activations, per-channel int8 "
              "weights, MinMax ranges from the calibration images; int8 input and output "
@@ -76,38 +74,12 @@ def _environment() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _descriptors_captured(label: str) -> Iterator[None]:
-    """What C++ code writes straight to file descriptors 1 and 2 (absl, XNNPACK) goes to a
-    temporary file, then to the ``mobilenets`` logger at DEBUG level."""
-    with tempfile.TemporaryFile(mode="w+b") as sink:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = [os.dup(1), os.dup(2)]
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            text = sink.read().decode(errors="replace")
-            if text:
-                _log.debug("%s (native output):\n%s", label, text)
-
-
-@contextlib.contextmanager
 def _quiet(label: str) -> Iterator[None]:
     """Third-party noise kept out of the terminal: C++ logs, Python loggers, warnings and
     the progress display, all passed to the ``mobilenets`` logger (``--verbose``)."""
     buffer = io.StringIO()
     try:
-        with _environment(), _descriptors_captured(label), captured_logs(_LOGGERS, label), \
+        with _environment(), captured_descriptors(label), captured_logs(_LOGGERS, label), \
                 contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer), \
                 warnings.catch_warnings():
             warnings.simplefilter("ignore")
