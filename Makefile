@@ -43,8 +43,11 @@ browser:
 	  else echo "chromium not found; the browser test will skip"; fi; \
 	fi
 
+# The runtimes' tests run in a process of their own: in one process after the rest of the
+# suite, ExecuTorch once crashed (SIGSEGV) in test_runtimes.py; alone, they pass.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/test_runtimes.py
+	$(BIN)/python -m pytest tests/test_runtimes.py
 
 demo: $(STAMP) data
 	$(BIN)/mobilenets demo
