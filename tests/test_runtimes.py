@@ -40,6 +40,16 @@ def runtime(fmt: str) -> None:
         pytest.skip(str(e))
 
 
+def rehash_sidecar(path: Path) -> None:
+    """What an attacker who edited ``path`` does next: write its new hash into the sidecar."""
+    import hashlib
+
+    side = artifacts.sidecar_path(path)
+    meta = json.loads(side.read_text())
+    meta["artifact_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    side.write_text(json.dumps(meta))
+
+
 @pytest.fixture(scope="module")
 def fmnist():
     """The trained fixture model, 64 training images to calibrate on, 200 test images."""
@@ -170,17 +180,12 @@ def test_an_openvino_graph_with_a_foreign_operation_is_refused(fmnist, tmp_path)
     """An attacker writes the IR and its sidecar (hash recomputed): an operation outside
     OpenVINO's opsets (where a custom extension would hook in) is one error, not a load."""
     runtime("openvino")
-    import hashlib
-
     model, pre, _, _ = fmnist
     a = deploy.export_model(model, "openvino", tmp_path / "a.xml", preprocessing=pre)
     text = a.path.read_text()
     a.path.write_text(text.replace('type="ReLU" version="opset1"', 'type="EvilOp" version="extension"', 1))
     assert a.path.read_text() != text
-    side = artifacts.sidecar_path(a.path)
-    meta = json.loads(side.read_text())
-    meta["artifact_sha256"] = hashlib.sha256(a.path.read_bytes()).hexdigest()
-    side.write_text(json.dumps(meta))
+    rehash_sidecar(a.path)
     with pytest.raises(MobilenetsError, match="not a loadable openvino file"):
         artifacts.load(a.path)
 
@@ -188,7 +193,6 @@ def test_an_openvino_graph_with_a_foreign_operation_is_refused(fmnist, tmp_path)
 def _with_custom_operation(path: Path, name: str) -> None:
     """Rewrite a ``.tflite`` so that its first operation is the custom operation ``name``
     (``Flex...``: a TensorFlow kernel), and re-hash its sidecar as an attacker would."""
-    import hashlib
 
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
@@ -200,10 +204,7 @@ def _with_custom_operation(path: Path, name: str) -> None:
     builder = flatbuffers.Builder(1024)
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     path.write_bytes(builder.Output())
-    side = artifacts.sidecar_path(path)
-    meta = json.loads(side.read_text())
-    meta["artifact_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    side.write_text(json.dumps(meta))
+    rehash_sidecar(path)
 
 
 @pytest.fixture(scope="module")
@@ -310,17 +311,13 @@ def test_an_executorch_program_with_a_foreign_backend_or_operator_is_refused(nam
     not one the ExecuTorch runtime was built with, or an operator outside its kernel
     registry, is one error (ExecuTorch never loads a library named by the file)."""
     runtime("executorch")
-    import hashlib
 
     model, pre, _, _ = fmnist
     a = deploy.export_model(model, "executorch", tmp_path / "a.pte", preprocessing=pre)
     data = a.path.read_bytes()
     assert name in data
     a.path.write_bytes(data.replace(name, foreign))
-    side = artifacts.sidecar_path(a.path)
-    meta = json.loads(side.read_text())
-    meta["artifact_sha256"] = hashlib.sha256(a.path.read_bytes()).hexdigest()
-    side.write_text(json.dumps(meta))
+    rehash_sidecar(a.path)
     with pytest.raises(MobilenetsError, match="not a loadable executorch file"):
         artifacts.load(a.path)
 

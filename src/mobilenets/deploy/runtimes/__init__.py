@@ -31,24 +31,24 @@ from ...logs import captured_descriptors, captured_logs
 
 @dataclass(frozen=True)
 class Runtime:
-    """One runtime: the export format's name, its file suffix and the extra that installs it."""
+    """One runtime: the export format's name (its file suffix is in
+    :data:`mobilenets.io.artifact.EXTENSIONS`) and the extra that installs it."""
 
     format: str
-    suffix: str
     extra: str
     packages: tuple[str, ...]  # importable names the module needs
     description: str
 
 
 RUNTIMES: dict[str, Runtime] = {r.format: r for r in (
-    Runtime("openvino", ".xml", "openvino", ("openvino", "nncf"),
+    Runtime("openvino", "openvino", ("openvino", "nncf"),
             "OpenVINO IR (.xml graph + .bin weights) on the CPU plugin; int8 through NNCF"),
-    Runtime("executorch", ".pte", "executorch", ("executorch", "torchao"),
+    Runtime("executorch", "executorch", ("executorch", "torchao"),
             "ExecuTorch program (.pte) lowered to the XNNPACK delegate; int8 through the "
             "XNNPACK PT2E quantizer"),
     # LiteRT: the interpreter is all that loading needs; the converter (litert_torch, 7 s to
     # import) is checked when converting, with the same message (runtimes/litert.py).
-    Runtime("litert", ".tflite", "litert", ("ai_edge_litert",),
+    Runtime("litert", "litert", ("ai_edge_litert",),
             "LiteRT (formerly TensorFlow Lite) .tflite on its interpreter with XNNPACK; int8 "
             "through litert-torch's PT2E quantizer"),
 )}

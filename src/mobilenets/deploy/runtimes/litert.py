@@ -35,6 +35,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from unittest import mock
 
 import numpy as np
 import torch
@@ -60,28 +61,14 @@ def companions(path: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def _environment() -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in _ENVIRONMENT}
-    os.environ.update(_ENVIRONMENT)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-@contextlib.contextmanager
 def _quiet(label: str) -> Iterator[None]:
     """Third-party noise kept out of the terminal: C++ logs, Python loggers, warnings and
     the progress display, all passed to the ``mobilenets`` logger (``--verbose``)."""
     buffer = io.StringIO()
     try:
-        with _environment(), captured_descriptors(label), captured_logs(_LOGGERS, label), \
-                contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer), \
-                warnings.catch_warnings():
+        with mock.patch.dict(os.environ, _ENVIRONMENT), captured_descriptors(label), \
+                captured_logs(_LOGGERS, label), contextlib.redirect_stdout(buffer), \
+                contextlib.redirect_stderr(buffer), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
