@@ -9,7 +9,8 @@ calibrated on ``--calibration-size`` training images, reloaded through the one a
 loader, and scored on the 10,000 test images next to the PyTorch float model: accuracy,
 the change from float in points, and top-1 agreement with float. Issue 29's limits: agreement
 >= 99 % and a loss <= 0.5 point. Writes ``benchmarks/results/runtime_accuracy.json``
-(``make docs`` turns it into the table in docs/performance.md).
+(``make docs`` turns it into the table in docs/performance.md), keeping the rows of models
+not scored in this run.
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     out = {"command": "python benchmarks/runtime_accuracy.py " + shlex.join(argv or sys.argv[1:]),
            "machine": machine_info(), "limits": {"agreement": MIN_AGREEMENT, "loss": MAX_LOSS},
            "rows": rows}
+    if Path(args.out).exists():  # other models' rows are kept: one file, one table
+        old = json.loads(Path(args.out).read_text())
+        models = {r["model"] for r in rows}
+        kept = [r for r in old.get("rows", []) if r["model"] not in models]
+        if kept:
+            out["rows"] = sorted(kept + rows, key=lambda r: r["model"])
+            out["command"] = f"{old['command']}; then {out['command']}"
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ from ..io.artifact import (EXTENSIONS, META_KEY, Artifact, load_artifact, onnx_s
                            require_checkpoint, require_onnx, sidecar_path, torchscript_quietly)
 from ..io.checkpoint import atomic_write_bytes, checkpoint_file, load_model
 from ..models.conventions import check_choice
+from . import coreml
 from .calibration import ImageCalibrationReader, batches, load_calibration_images
 from .fold import Bf16Inference, bf16_inference, fold_batchnorm, fold_conv_bn_, prepare_for_inference
 from .int8 import INT8_NOTE, quantize_onnx
@@ -71,7 +73,8 @@ __all__ = [
     "sidecar_path", "torchscript_bytes", "torchscript_quietly",
 ]
 
-FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2", *RUNTIMES)
+#: ``coreml`` is converted but not run: Core ML runs only on Apple devices (:mod:`.coreml`).
+FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2", *RUNTIMES, "coreml")
 #: The formats that ``int8=True`` quantizes: ONNX through onnxruntime, the runtimes through
 #: their own quantizers.
 INT8_FORMATS: tuple[str, ...] = ("onnx", *RUNTIMES)
@@ -107,7 +110,8 @@ class ExportResult:
     path: Path
     format: str
     int8: bool
-    parity: Parity
+    #: None for Core ML, which cannot run here (:data:`.coreml.NOT_RUN`).
+    parity: Parity | None
     files: list[Path]
     #: int8 ONNX only: whether the weights were rounded to 7 bits (:func:`quantize_onnx`).
     reduce_range: bool | None = None
@@ -115,10 +119,11 @@ class ExportResult:
     agreement: float | None = None
 
     def summary(self) -> str:
-        kind = self.format if self.format != "onnx" else "ONNX"
+        kind = {"onnx": "ONNX", "coreml": "Core ML"}.get(self.format, self.format)
         if self.int8:
             kind = f"int8 {kind}" + (" (7-bit weights, for x86 CPUs without VNNI)" if self.reduce_range else "")
-        lines = [f"exported {kind} -> {self.path}", f"parity: {self.parity.summary()}"]
+        lines = [f"exported {kind} -> {self.path}",
+                 f"parity: {self.parity.summary() if self.parity else 'not checked: ' + coreml.NOT_RUN}"]
         if self.agreement is not None:
             lines.append(f"int8 top-1 agreement with the float model: {self.agreement:.1%} of the "
                          "calibration images (accuracy on held-out data: mobilenets eval FILE --data ...)")
@@ -130,12 +135,16 @@ class ExportResult:
 def _check_request(fmt: str, int8: bool, reduce_range: bool | None = None) -> None:
     check_choice("format", fmt, FORMATS)
     if int8 and fmt not in INT8_FORMATS:
-        raise MobilenetsError(f"int8 export is for {', '.join(INT8_FORMATS)}, not {fmt}")
+        hint = ("; Core ML compresses weights on the .mlpackage itself (coremltools.optimize, "
+                "docs/deployment.md)") if fmt == "coreml" else ""
+        raise MobilenetsError(f"int8 export is for {', '.join(INT8_FORMATS)}, not {fmt}{hint}")
     if reduce_range is not None and not (int8 and fmt == "onnx"):
         raise MobilenetsError("--reduce-range chooses onnxruntime's int8 weight range; it needs "
                               "--format onnx --int8")
     if fmt in RUNTIMES:
         require(fmt)  # a missing extra is said before any work
+    if fmt == "coreml":
+        coreml.require_coremltools()
 
 
 def default_output(checkpoint: str | os.PathLike, fmt: str, int8: bool = False) -> Path:
@@ -148,7 +157,7 @@ def default_output(checkpoint: str | os.PathLike, fmt: str, int8: bool = False) 
 def _check_output(output: Path, fmt: str) -> None:
     """Before anything is written: a file name whose suffix fits the format, so that a
     slip (``-o best.safetensors``, ``-o photo.png``) cannot replace another file."""
-    if output.is_dir():
+    if output.is_dir() and fmt != "coreml":  # an .mlpackage is a directory
         raise MobilenetsError(f"output {output} is a directory; give a file name")
     if output.suffix != EXTENSIONS[fmt]:
         raise MobilenetsError(f"output {output}: a {fmt} export is a {EXTENSIONS[fmt]} file; "
@@ -263,6 +272,8 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
         reduce_range = reduce_range_default()
     reference = copy.deepcopy(model).eval()
     meta = artifact_metadata(model, preprocessing, classes, fmt, **(extra_meta or {}))
+    if fmt == "coreml":
+        return _export_coreml(prepare_for_inference(model), output, meta, preprocessing, classes)
     # Written under a staging name and moved into place only once the parity check passes:
     # a failed export never replaces the artifact that was there.
     staged = output.with_name(f".{output.stem}.staging{output.suffix}")
@@ -274,6 +285,27 @@ def export_model(model: nn.Module, fmt: str, output: str | os.PathLike, *,
         staged, output, fmt, reference, _parity_inputs(calibration_images, preprocessing),
         tolerance, preprocess(calibration_images, preprocessing) if int8 else None)
     return ExportResult(output, fmt, int8, parity, files, reduce_range if int8 else None, agreement)
+
+
+def _export_coreml(ready: nn.Module, output: Path, meta: dict[str, Any],
+                   preprocessing: dict[str, Any], classes: Sequence[str] | None) -> ExportResult:
+    """Core ML: converted under a staging name, read back and checked as far as Linux can
+    (:func:`.coreml.check`), then swapped in for any package that was there."""
+    staged = output.with_name(f".{output.stem}.staging{output.suffix}")
+    try:
+        coreml.convert(ready, preprocessing, classes, meta, staged)
+        c, s = preprocessing["channels"], preprocessing["input_size"]
+        with torch.no_grad():
+            num_classes = int(ready(torch.zeros(1, c, s, s)).shape[1])
+        coreml.check(staged, preprocessing, classes, num_classes)
+        old = output.with_name(f".{output.stem}.old{output.suffix}")
+        if output.exists():
+            os.replace(output, old)
+        os.replace(staged, output)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return ExportResult(output, "coreml", False, None, [output])
 
 
 def _staged_files(staged: Path) -> list[Path]:
@@ -309,7 +341,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, fmt: str,
     _check_request(fmt, int8, reduce_range)
     _check_tolerance(tolerance)
     require_checkpoint(checkpoint, "export")
-    if output is not None and (Path(output).is_dir() or str(output).endswith(("/", os.sep))):
+    folder = output is not None and (Path(output).is_dir() or str(output).endswith(("/", os.sep)))
+    if folder and Path(str(output).rstrip("/" + os.sep)).suffix != EXTENSIONS["coreml"]:
         output = Path(output) / default_output(checkpoint, fmt, int8).name
     if output is not None:
         _check_output(Path(output), fmt)

@@ -35,9 +35,10 @@ from .safety import (check_onnx_external_data, check_pt2_members, quiet_loading,
 
 #: File suffix of each export format (the runtimes' in :mod:`mobilenets.deploy.runtimes`).
 EXTENSIONS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "pt2": ".pt2",
-                              "openvino": ".xml", "executorch": ".pte", "litert": ".tflite"}
+                              "openvino": ".xml", "executorch": ".pte", "litert": ".tflite",
+                              "coreml": ".mlpackage"}
 #: What :func:`artifact_kind` answers.
-KINDS: tuple[str, ...] = ("checkpoint", "onnx", "onnx-int8", *EXTENSIONS.keys() - {"onnx"})
+KINDS: tuple[str, ...] = ("checkpoint", "onnx", "onnx-int8", *EXTENSIONS.keys() - {"onnx", "coreml"})
 _SUFFIX_KINDS = {".safetensors": "checkpoint", **{v: k for k, v in EXTENSIONS.items()}}
 #: The ONNX metadata property (and checkpoint metadata key) holding our metadata.
 META_KEY = "mobilenets"
@@ -164,6 +165,10 @@ def artifact_kind(path: str | os.PathLike) -> str:
     """What ``path`` is, decided once for every command: one of :data:`KINDS`. A run
     directory is its checkpoint; int8 ONNX files are told from float ones by their metadata."""
     path = Path(path)
+    if path.suffix == EXTENSIONS["coreml"]:
+        raise MobilenetsError(f"{path} is a Core ML package: it runs only on Apple devices (macOS, "
+                              "iOS), in an app or with coremltools on a Mac; mobilenets writes it "
+                              "(export --format coreml) but does not run it")
     if path.is_dir():
         checkpoint_file(path)  # refuses a directory without a checkpoint
         return "checkpoint"
@@ -179,7 +184,7 @@ def artifact_kind(path: str | os.PathLike) -> str:
 
 #: What ``--backend`` of ``predict``, ``eval`` and ``serve`` can name ("auto": the file's own).
 RUNNERS: tuple[str, ...] = ("auto", "torch", "onnxruntime", *(k for k in EXTENSIONS if k not in
-                                                              ("onnx", "torchscript", "pt2")))
+                                                              ("onnx", "torchscript", "pt2", "coreml")))
 
 
 def runner_of(kind: str) -> str:

@@ -82,6 +82,9 @@ POLICY: tuple[FormatPolicy, ...] = (
                  "kernels compiled into the executorch package, delegate blobs only by the "
                  "backends compiled in (XNNPACK); no kernel or backend library is ever loaded "
                  "for a file, so a foreign operator or delegate is an error", "nothing"),
+    FormatPolicy("coreml", (".mlpackage",), False,
+                 "never loaded: every command refuses a Core ML package (it runs only on Apple "
+                 "devices); mobilenets only writes it", "nothing"),
     FormatPolicy("torch weights", (".pth", ".bin"), True,
                  "torch.load(weights_only=True): tensors and plain containers only", "nothing"),
     FormatPolicy("keras weights", (".h5",), True,
