@@ -1,4 +1,5 @@
-"""Inference latency of MobileNetV2 and V3-Large on this CPU, every backend side by side.
+"""Inference latency of MobileNetV2 and V3-Large on this CPU, every PyTorch and onnxruntime
+backend side by side (the mobile and edge runtimes beside onnxruntime: ``benchmarks/runtimes.py``).
 
     .venv/bin/python benchmarks/inference.py            # ~2-4 minutes on 2 cores
     .venv/bin/python benchmarks/inference.py --runs 3   # the README's table

@@ -19,6 +19,7 @@ and prints the README's Markdown tables (``--table`` prints them alone).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -142,18 +143,12 @@ def main() -> None:
 
 
 def options(row: dict) -> str:
-    """The command-line options that reproduce a recorded run (the recipe fills the rest)."""
-    opts = [f"--{key.replace('_', '-')} {value:g}" for key, value in row["model_kwargs"].items()]
-    opts.append(f"--epochs {row['epochs']}")
-    for key in ("weight_decay", "erasing", "label_smoothing", "lr", "batch_size", "ema", "warmup_epochs",
-                "no_aug_epochs", "seed"):
-        value = row.get(key)  # None: the recipe's (rows recorded before a key existed have none)
-        if value is not None and not (key in ("seed", "no_aug_epochs") and value == 0):
-            flag = "--warmup" if key == "warmup_epochs" else "--" + key.replace("_", "-")
-            opts.append(f"{flag} " + (f"{value:.0e}".replace("e-0", "e-") if 0 < value < 0.01 else f"{value:g}"))
-    tag = row["run"].split(f"_e{row['epochs']}_", 1)
-    return " ".join(opts + ([f"--tag {tag[1]}"] if len(tag) == 2 else [])
-                    + ([f"--group {row['group']}"] if "group" in row else []))
+    """The command-line options that reproduce a recorded run (``--models`` first): one
+    definition, in ``tools/doc_tables.py`` (standard library only), which the docs use too."""
+    spec = importlib.util.spec_from_file_location("doc_tables", Path(__file__).parents[1] / "tools" / "doc_tables.py")
+    doc_tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc_tables)
+    return doc_tables.fmnist_options(row)
 
 
 def print_table(results: dict[str, dict]) -> None:
@@ -179,7 +174,7 @@ def print_table(results: dict[str, dict]) -> None:
             epoch93 = next((i + 1 for i, a in enumerate(r["per_epoch_top1"]) if a >= 0.93), None)
             t93 = f"{r['minutes_to_93']:.1f} (epoch {epoch93})" if r["minutes_to_93"] is not None else "–"
             scores = "".join(f" {r[k] * 100:.2f} % |" if k in r else " – |" for k in ("fp32_top1", "tta_top1"))
-            print(f"| `--models {r['model']} {options(r)}` | {r['params']:,} | "
+            print(f"| `{options(r)}` | {r['params']:,} | "
                   f"{r['madds_28px'] / 1e6:.1f} M | {r['final_top1'] * 100:.2f} % |" + (scores if extra else "")
                   + f" {r['train_minutes']:.1f} | {t93} | {r['images_per_sec']:.0f} |")
         print()

@@ -151,3 +151,11 @@ def test_a_missing_coremltools_names_the_extra(checkpoint: Path, monkeypatch, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip install 'mobilenets[coreml]'" in err
     assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["best.safetensors"]
+
+
+def test_a_model_that_is_not_rgb_or_grayscale_is_refused(tmp_path: Path) -> None:
+    model = create_model("mobilenet_v3_small", num_classes=4, width_mult=0.25, in_chans=2).eval()
+    pre = {"input_size": 32, "channels": 2, "mean": [0.5, 0.5], "std": [0.5, 0.5]}
+    with pytest.raises(MobilenetsError, match="RGB or grayscale; this model takes 2 channels"):
+        deploy.export_model(model, "coreml", tmp_path / "m.mlpackage", preprocessing=pre)
+    assert list(tmp_path.iterdir()) == []

@@ -145,8 +145,8 @@ def test_finetune_recipe_trains_the_head_then_everything(idx_dir, rgb_ckpt, tmp_
     cfg = _cfg(idx_dir, tmp_path / "ft", epochs=3, max_steps=2, init=str(rgb_ckpt), recipe="finetune",
                head_epochs=1, lr=None, warmup=None, batch_size=16, stop_after_epoch=1)
     resolved = cfg.resolved()
-    assert (resolved.head_epochs, resolved.head_lr, resolved.lr) == (1, 0.1, 0.01)
-    assert [lr_factor(resolved, s, 2) for s in range(3)] == pytest.approx([10.0, 10.0, 0.5])
+    assert (resolved.head_epochs, resolved.head_lr, resolved.lr, resolved.layer_decay) == (1, 0.1, 0.1, 0.7)
+    assert [lr_factor(resolved, s, 2) for s in range(3)] == pytest.approx([1.0, 1.0, 0.5])
     trainer = Trainer(cfg)
     start = _params(trainer.model)
     trainer.fit()

@@ -8,6 +8,7 @@ used in the docs (``<!-- results:NAME -->``) to its function. Standard library o
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -374,6 +375,18 @@ def transfer_table(results: Results) -> str:
             + caption(results, "transfer.json"))
 
 
+def precise_bn_table(results: Results) -> str:
+    d = results("precise_bn.json")
+    rows = [[f"`{r['model']}`", str(r["epochs"]), f"{statistics.median(r['train_seconds']):.1f}",
+             f"{statistics.median(r['precise_bn_seconds']):.1f}", f"{100 * r['median_fraction']:.1f} %"]
+            for r in d["rows"]]
+    header = ["model", "epochs", "training s per epoch", "precise BN s per epoch", "cost"]
+    return (markdown(header, rows) + f"\n\nFashion-MNIST, `small-images` recipe (234 steps of 256 "
+            f"images per epoch), {d['threads']} threads; precise BN: forward passes over {d['batches']} "
+            "training batches before each validation; cost: its seconds over the epoch's training "
+            "seconds (median over epochs)." + caption(results, "precise_bn.json"))
+
+
 # --- ONNX consumers (benchmarks/onnx_consumers.py) -----------------------------------------------
 
 def onnx_consumers_table(results: Results) -> str:
@@ -446,6 +459,7 @@ TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     **{f"fmnist-{g}": partial(fmnist_table, g) for g in ("zen4", "side-by-side", "intel", "older")},
     "ddp-scaling": ddp_table,
     "transfer": transfer_table,
+    "precise-bn": precise_bn_table,
     "quant-accuracy": quant_table,
     "int8-weight-range": weight_range_table,
     "qat-fidelity": qat_fidelity_table,

@@ -29,7 +29,8 @@ from ..io.checkpoint import atomic_write_bytes
 
 #: metrics.jsonl/metrics.csv columns, in this order (the order ``fit`` builds each row in).
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "images_per_sec", "lr", "train_seconds",
-                  "val_loss", "val_acc", "val_top5", "val_count", "ema_val_acc", "elapsed_seconds")
+                  "val_loss", "val_acc", "val_top5", "val_count", "precise_bn_seconds", "ema_val_acc",
+                  "elapsed_seconds")
 
 
 def check_writable(directory: Path) -> None:

@@ -449,13 +449,14 @@ class Trainer:
         """Validation metrics of the model (and its EMA copy); saves ``best`` when it improved."""
         t0 = time.perf_counter()
         precise_bn_for_run(self)
+        precise_bn_seconds = time.perf_counter() - t0
         kw = dict(channels_last=self.cfg.channels_last, precision=self.precision, device=self.device,
                   workers=self.cfg.workers, rank=self.rank, world_size=self.world_size)
         res = evaluate(self.model, self.val_set, self.preprocessing, **kw)
         if not math.isfinite(res.loss):  # e.g. the last step's update overflowed the weights
             self._stop_non_finite(f"validation loss is {res.loss} after epoch {self.epoch + 1}")
         row: dict[str, Any] = {"val_loss": res.loss, "val_acc": res.top1, "val_top5": res.top5,
-                               "val_count": res.count}
+                               "val_count": res.count, "precise_bn_seconds": precise_bn_seconds}
         best_model, best_acc, best_is_ema = self.model, res.top1, False
         if self.ema is not None:
             ema_res = evaluate(self.ema.module, self.val_set, self.preprocessing, **kw)
