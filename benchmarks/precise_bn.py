@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{model}: precise BN {statistics.median(row['precise_bn_seconds']):.1f} s per epoch, "
               f"{100 * row['median_fraction']:.1f} % of the epoch's training time", file=sys.stderr)
-    out = {"command": "python benchmarks/precise_bn.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    out = {"command": ("python benchmarks/precise_bn.py " + shlex.join(argv if argv is not None else sys.argv[1:])).strip(),
            "machine": machine_info(), "threads": args.threads, "batches": PRECISE_BN_BATCHES,
            "rows": rows}
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")

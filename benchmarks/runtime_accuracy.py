@@ -9,7 +9,7 @@ calibrated on ``--calibration-size`` training images, reloaded through the one a
 loader, and scored on the 10,000 test images next to the PyTorch float model: accuracy,
 the change from float in points, and top-1 agreement with float. Issue 29's limits: agreement
 >= 99 % and a loss <= 0.5 point. Writes ``benchmarks/results/runtime_accuracy.json``
-(``make docs`` turns it into the table in docs/performance.md), keeping the rows of models
+(``make docs`` turns it into the table in docs/performance.md), keeping the rows of checkpoints
 not scored in this run.
 """
 
@@ -76,7 +76,7 @@ def score(checkpoint: str, data: str, calibration_size: int, threads: int, workd
                                          calibration_images=calibration)
         except MobilenetsError as e:  # refused by its parity check: a result, not a crash
             print(f"  refused: {e}", file=sys.stderr)
-            rows.append({"checkpoint": checkpoint, "model": meta["model"], "format": fmt,
+            rows.append({"checkpoint": checkpoint, "model": meta["model"], "qat": "qat" in meta, "format": fmt,
                          "test_images": len(y), "calibration_images": len(calibration),
                          "acc_float": float((ref == y).mean()), "refused": str(e).split("; it is kept")[0],
                          "within_limits": False})
@@ -84,7 +84,7 @@ def score(checkpoint: str, data: str, calibration_size: int, threads: int, workd
         got, _ = predictions(load(out, threads=threads), test, pre)
         acc_float, acc_int8 = float((ref == y).mean()), float((got == y).mean())
         agreement = float((got == ref).mean())
-        rows.append({"checkpoint": checkpoint, "model": meta["model"], "format": fmt,
+        rows.append({"checkpoint": checkpoint, "model": meta["model"], "qat": "qat" in meta, "format": fmt,
                      "int8_method": load(out).meta["int8"].get("method"),
                      "test_images": len(y), "calibration_images": len(calibration),
                      "acc_float": acc_float, "acc_int8": acc_int8,
@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
            "rows": rows}
     if Path(args.out).exists():  # other models' rows are kept: one file, one table
         old = json.loads(Path(args.out).read_text())
-        models = {r["model"] for r in rows}
-        kept = [r for r in old.get("rows", []) if r["model"] not in models]
+        scored = {r["checkpoint"] for r in rows}
+        kept = [r for r in old.get("rows", []) if r["checkpoint"] not in scored]
         if kept:
             out["rows"] = sorted(kept + rows, key=lambda r: r["model"])
             out["command"] = f"{old['command']}; then {out['command']}"

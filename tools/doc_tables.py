@@ -375,6 +375,30 @@ def transfer_table(results: Results) -> str:
             + caption(results, "transfer.json"))
 
 
+def transfer_lr_table(results: Results) -> str:
+    d = results("transfer_lr.json")
+    scratch = {(s["model"], s["per_class"]): s for s in results("transfer.json")["summary"]
+               if s["method"] == "scratch"}
+    cells: dict[tuple, list[dict]] = {}
+    for r in d["runs"]:
+        cells.setdefault((r["model"], r["pretrain_images"], r["per_class"], r["variant"]), []).append(r)
+    rows = []
+    for (model, images, k, variant), runs in sorted(
+            cells.items(), key=lambda kv: (kv[0][:3], statistics.mean(r["test_top1"] for r in kv[1]))):
+        v = [r["test_top1"] for r in runs]
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        ref = scratch.get((model, k))
+        rows.append([f"`{model}`", f"{images:,}", str(k), variant,
+                     f"{statistics.mean(r['train_acc'] for r in runs):.2f}",
+                     f"{100 * statistics.mean(v):.1f} ± {100 * sd:.1f} % ({len(v)})",
+                     "–" if ref is None else f"{100 * ref['mean']:.1f} %"])
+    header = ["model", "pretrained on", "images per class", "fine-tuning rates", "training accuracy (last epoch)",
+              "test top-1 (seeds)", "from scratch"]
+    return (markdown(header, rows, left=4) + "\n\nThe `finetune` runs of `benchmarks/transfer.py` (same "
+            "data, seeds and steps) with the recipe's rates replaced; from scratch: the same runs' "
+            "scratch method (`transfer.json`)." + caption(results, "transfer_lr.json"))
+
+
 def precise_bn_table(results: Results) -> str:
     d = results("precise_bn.json")
     rows = [[f"`{r['model']}`", str(r["epochs"]), f"{statistics.median(r['train_seconds']):.1f}",
@@ -437,12 +461,26 @@ def runtimes_table(results: Results) -> str:
             f"≥ ×1.6): {met}." + caption(results, "runtimes.json"))
 
 
+def pick_quick_table(results: Results) -> str:
+    d = results("pick_quick.json")
+    c = d["choice"]
+    choice = "nothing fits" if c is None else (f"`{c['model']}` {c['kwargs']['width_mult']:g} @{c['resolution']} "
+                                               f"({c['top1']:.1f} % top-1, {c['median_ms']:.2f} ms on {c['backend']})")
+    rows = [[f"`{d['pick_command']}`", str(len(d["candidates"])), ", ".join(d["backends"]),
+             f"{d['process_seconds']:.0f} s", f"{d['wall_seconds']:.0f} s", choice]]
+    return (markdown(["command", "networks timed", "backends", "start to end", "of which timing",
+                      f"best within {d['budget_ms']:g} ms"], rows, left=3)
+            + "\n\nStart to end: a fresh process, Python's start and imports included; timing: "
+              "building, exporting and timing every network." + caption(results, "pick_quick.json"))
+
+
 def runtime_accuracy_table(results: Results) -> str:
     d = results("runtime_accuracy.json")
-    rows = [[f"`{r['model']}`", r["format"], pct(r["acc_float"]), pct(r["acc_int8"]),
+    name = {id(r): f"`{r['model']}`" + (" after QAT" if r.get("qat") else "") for r in d["rows"]}
+    rows = [[name[id(r)], r["format"], pct(r["acc_float"]), pct(r["acc_int8"]),
              f"{r['change_points']:+.2f}", pct(r["agreement"]), "yes" if r["within_limits"] else "**no**"]
             if "refused" not in r else
-            [f"`{r['model']}`", r["format"], pct(r["acc_float"]), "–", "–", "–",
+            [name[id(r)], r["format"], pct(r["acc_float"]), "–", "–", "–",
              "**no**: export refused, error " + r["refused"].split(" = ", 1)[-1].split(", top-1")[0]]
             for r in d["rows"]]
     limits = d["limits"]
@@ -460,6 +498,7 @@ TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "ddp-scaling": ddp_table,
     "transfer": transfer_table,
     "precise-bn": precise_bn_table,
+    "transfer-lr": transfer_lr_table,
     "quant-accuracy": quant_table,
     "int8-weight-range": weight_range_table,
     "qat-fidelity": qat_fidelity_table,
@@ -482,4 +521,5 @@ TABLE_MAKERS: dict[str, Callable[[Results], str]] = {
     "onnx-consumers": onnx_consumers_table,
     "runtimes": runtimes_table,
     "runtime-accuracy": runtime_accuracy_table,
+    "pick-quick": pick_quick_table,
 }

@@ -13,6 +13,9 @@ The path from a checkpoint to a deployed file is
 3. Optionally int8 (:func:`~mobilenets.deploy.int8.quantize_onnx`), calibrated on real
    images (:mod:`.calibration`).
 
+Core ML (:mod:`.coreml`) is the exception: it runs only on Apple devices, so its package is
+converted and checked as far as Linux allows (input, normalization, labels, metadata), not run.
+
 The preprocessing (input size, channels, mean/std) and class names travel with every
 artifact: inside the ONNX file (``metadata_props["mobilenets"]``), in a sidecar
 ``<file>.json`` for TorchScript and ``.pt2``.

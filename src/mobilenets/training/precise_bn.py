@@ -21,7 +21,8 @@ from ..data.datasets import mix_seed
 from .batches import iterate
 
 #: Training batches whose statistics are averaged (pycls uses 200 images × batch; 32 of
-#: the run's batches cost about an eighth of an epoch of Fashion-MNIST, measured in docs).
+#: the run's batches, forward only, cost a small share of an epoch of Fashion-MNIST's
+#: training time: benchmarks/precise_bn.py, docs/training.md).
 PRECISE_BN_BATCHES = 32
 
 
