@@ -153,6 +153,8 @@ def test_pick_cli_end_to_end_on_a_tiny_candidate_set(monkeypatch, tmp_path, caps
     assert [p["source"] for p in data["fronts"]["onnxruntime"]][-1] == "tiny b"
     assert data["command"].startswith("mobilenets pick --budget-ms 1000")
     assert "cpu" in data["machine"] and data["budget_ms"] == 1000
+    # the timing's own seconds: at least every timed call's, at most the whole test's
+    assert sum(t["median_ms"] * t["calls"] for t in lat[:2]) / 1000 < data["wall_seconds"] < 600
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

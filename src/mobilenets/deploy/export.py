@@ -302,6 +302,7 @@ def _export_coreml(ready: nn.Module, output: Path, meta: dict[str, Any],
             num_classes = int(ready(torch.zeros(1, c, s, s)).shape[1])
         coreml.check(staged, preprocessing, classes, num_classes)
         old = output.with_name(f".{output.stem}.old{output.suffix}")
+        shutil.rmtree(old, ignore_errors=True)  # left by a process killed mid-swap
         if output.exists():
             os.replace(output, old)
         os.replace(staged, output)
