@@ -67,27 +67,24 @@ def score(checkpoint: str, data: str, calibration_size: int, threads: int, workd
     test = load_dataset(data, "test", image_size=pre.input_size, channels=pre.channels)
     with torch.inference_mode():
         ref, y = predictions(lambda x: model(torch.from_numpy(x)).numpy(), test, pre)
+    acc_float = float((ref == y).mean())
     rows = []
     for fmt in formats:
         out = workdir / f"{Path(checkpoint).parent.name}.int8{EXTENSIONS[fmt]}"
         print(f"{checkpoint}: {fmt} int8", file=sys.stderr, flush=True)
+        row = {"checkpoint": checkpoint, "model": meta["model"], "qat": "qat" in meta, "format": fmt,
+               "test_images": len(y), "calibration_images": len(calibration), "acc_float": acc_float}
         try:
             result = deploy.export_model(model, fmt, out, preprocessing=pre, int8=True,
                                          calibration_images=calibration)
         except MobilenetsError as e:  # refused by its parity check: a result, not a crash
             print(f"  refused: {e}", file=sys.stderr)
-            rows.append({"checkpoint": checkpoint, "model": meta["model"], "qat": "qat" in meta, "format": fmt,
-                         "test_images": len(y), "calibration_images": len(calibration),
-                         "acc_float": float((ref == y).mean()), "refused": str(e).split("; it is kept")[0],
-                         "within_limits": False})
+            rows.append({**row, "refused": str(e).split("; it is kept")[0], "within_limits": False})
             continue
-        got, _ = predictions(load(out, threads=threads), test, pre)
-        acc_float, acc_int8 = float((ref == y).mean()), float((got == y).mean())
-        agreement = float((got == ref).mean())
-        rows.append({"checkpoint": checkpoint, "model": meta["model"], "qat": "qat" in meta, "format": fmt,
-                     "int8_method": load(out).meta["int8"].get("method"),
-                     "test_images": len(y), "calibration_images": len(calibration),
-                     "acc_float": acc_float, "acc_int8": acc_int8,
+        artifact = load(out, threads=threads)
+        got, _ = predictions(artifact, test, pre)
+        acc_int8, agreement = float((got == y).mean()), float((got == ref).mean())
+        rows.append({**row, "int8_method": artifact.meta["int8"].get("method"), "acc_int8": acc_int8,
                      "change_points": 100 * (acc_int8 - acc_float), "agreement": agreement,
                      "within_limits": agreement >= MIN_AGREEMENT and acc_float - acc_int8 <= MAX_LOSS,
                      "parity": result.parity.summary()})

@@ -19,6 +19,7 @@ and prints the README's Markdown tables (``--table`` prints them alone).
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import time
@@ -142,13 +143,19 @@ def main() -> None:
     print_table(results)
 
 
+@functools.cache
+def _doc_tables():
+    """``tools/doc_tables.py`` (standard library only), loaded once."""
+    spec = importlib.util.spec_from_file_location("doc_tables", Path(__file__).parents[1] / "tools" / "doc_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def options(row: dict) -> str:
     """The command-line options that reproduce a recorded run (``--models`` first): one
-    definition, in ``tools/doc_tables.py`` (standard library only), which the docs use too."""
-    spec = importlib.util.spec_from_file_location("doc_tables", Path(__file__).parents[1] / "tools" / "doc_tables.py")
-    doc_tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(doc_tables)
-    return doc_tables.fmnist_options(row)
+    definition, in ``tools/doc_tables.py``, which the docs use too."""
+    return _doc_tables().fmnist_options(row)
 
 
 def print_table(results: dict[str, dict]) -> None:

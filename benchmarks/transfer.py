@@ -27,6 +27,7 @@ keeping the runs of models not given to ``--models``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import statistics
@@ -120,12 +121,15 @@ def transfer_config(method: str, model: str, ckpt: Path, data_dir: Path, out: Pa
 
 
 def run_one(method: str, model: str, ckpt: Path, k: int, seed: int, work: Path, data: dict,
-            test_set: Any) -> dict[str, Any]:
+            test_set: Any, override: dict[str, Any] | None = None, tag: str = "") -> dict[str, Any]:
+    """One transfer run, scored on the test set; ``override`` replaces training options
+    (``benchmarks/transfer_lr.py``), ``tag`` names its run directory apart."""
     train_part, val_part = few_shot(classes_subset(data["train"], 5), k, seed)
     data_dir = write_split_dir(work / f"shots{k}_s{seed}", train_part, val_part)
-    out = work / f"{model}_{method}_k{k}_s{seed}"
+    out = work / f"{model}_{method}{tag}_k{k}_s{seed}"
     t0 = time.perf_counter()
-    result = train(transfer_config(method, model, ckpt, data_dir, out, k, seed))
+    cfg = transfer_config(method, model, ckpt, data_dir, out, k, seed)
+    result = train(dataclasses.replace(cfg, **(override or {})))
     net, meta = load_model(out / "last.safetensors")
     res = evaluate(net, test_set, meta["preprocessing"])
     return {"model": model, "method": method, "per_class": k, "seed": seed, "test_top1": res.top1,

@@ -14,11 +14,9 @@ table in docs/training.md is generated from it (``make docs``).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,25 +24,18 @@ import torch
 import transfer as T
 from mobilenets.data.datasets import load_dataset
 from mobilenets.deploy.timing import machine_info
-from mobilenets.io.checkpoint import load_model
-from mobilenets.training import evaluate, train
 
 RESULTS = Path(__file__).parent / "results" / "transfer_lr.json"
 
 
 def run_variant(model: str, work: Path, name: str, override: dict, k: int, seed: int, data: dict,
                 test_set: object, pretrain_images: int) -> dict:
-    train_part, val_part = T.few_shot(T.classes_subset(data["train"], 5), k, seed)
-    data_dir = T.write_split_dir(work / f"shots{k}_s{seed}", train_part, val_part)
-    out = work / f"lr_{model}_{name.replace(' ', '_')}_k{k}_s{seed}"
-    cfg = dataclasses.replace(T.transfer_config("finetune", model, work / f"{model}_pretrained.safetensors",
-                                                data_dir, out, k, seed), **override)
-    t0 = time.perf_counter()
-    result = train(cfg)
-    net, meta = load_model(out / "last.safetensors")
+    """``transfer.py``'s finetune run with ``override``, in its own run directory."""
+    row = T.run_one("finetune", model, work / f"{model}_pretrained.safetensors", k, seed, work, data,
+                    test_set, override=override, tag="_lr_" + name.replace(" ", "_").replace(",", ""))
     return {"model": model, "variant": name, "override": override, "per_class": k, "seed": seed,
-            "pretrain_images": pretrain_images, "test_top1": evaluate(net, test_set, meta["preprocessing"]).top1,
-            "train_acc": result.history[-1]["train_acc"], "seconds": time.perf_counter() - t0}
+            "pretrain_images": pretrain_images, "test_top1": row["test_top1"],
+            "train_acc": row["train_acc"], "seconds": row["seconds"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,9 +45,10 @@ def checkpoint(tmp_path: Path) -> Path:
     return ckpt
 
 
-def test_a_grayscale_checkpoint_exports_as_an_image_classifier(checkpoint: Path, capsys) -> None:
+def test_a_grayscale_checkpoint_exports_as_an_image_classifier(checkpoint: Path, capfd) -> None:
     assert main(["export", str(checkpoint), "--format", "coreml"]) == 0
-    out = capsys.readouterr().out
+    out, err = capfd.readouterr()
+    assert err == ""  # coremltools' progress bars and warnings go to the debug log
     package = checkpoint.with_suffix(".mlpackage")
     assert f"exported Core ML -> {package}" in out and "not checked: Core ML runs only on Apple" in out
     found = coreml.describe(package)

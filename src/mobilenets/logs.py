@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator, Sequence
 
 
@@ -59,3 +60,22 @@ def captured_descriptors(label: str) -> Iterator[None]:
             text = sink.read().decode(errors="replace")
             if text:
                 logging.getLogger("mobilenets").debug("%s (native output):\n%s", label, text)
+
+
+@contextlib.contextmanager
+def quiet_third_party(loggers: Sequence[str], label: str) -> Iterator[None]:
+    """Everything a third-party converter or runtime shows inside the block kept out of the
+    terminal and passed to the ``mobilenets`` logger at DEBUG level (``--verbose``): native
+    output (:func:`captured_descriptors`), its Python ``loggers`` (:func:`captured_logs`),
+    what it prints or draws as progress bars on ``sys.stdout``/``sys.stderr``, and its
+    warnings."""
+    shown = io.StringIO()
+    try:
+        with captured_descriptors(label), captured_logs(loggers, label), \
+                contextlib.redirect_stdout(shown), contextlib.redirect_stderr(shown), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if shown.getvalue().strip():
+            logging.getLogger("mobilenets").debug("%s:\n%s", label, shown.getvalue())

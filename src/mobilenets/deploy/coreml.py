@@ -21,11 +21,8 @@ The package is the image classifier that Apple's Vision framework expects:
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import shutil
-import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import MobilenetsError
-from ..logs import captured_descriptors, captured_logs
+from ..logs import quiet_third_party
 
 EXTRA = "coreml"
 #: The oldest OS the package runs on: iOS 17 / macOS 14 (ML programs with every operation
@@ -73,20 +70,10 @@ def require_coremltools() -> Any:
     return coremltools
 
 
-@contextlib.contextmanager
-def _quiet(label: str) -> Iterator[None]:
-    """coremltools draws progress bars on ``sys.stderr`` and warns that it was tested with an
-    older torch: both go to the debug log (``--verbose``)."""
-    shown = io.StringIO()
-    try:
-        with captured_logs(("coremltools", "torch"), label), captured_descriptors(label), \
-                warnings.catch_warnings(), contextlib.redirect_stderr(shown), \
-                contextlib.redirect_stdout(shown):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        if shown.getvalue().strip():
-            logging.getLogger("mobilenets").debug("coremltools %s:\n%s", label, shown.getvalue())
+def _quiet(label: str) -> contextlib.AbstractContextManager[None]:
+    """coremltools draws progress bars on ``sys.stderr``, warns that it was tested with an
+    older torch and logs through torch's loggers: all to the debug log (``--verbose``)."""
+    return quiet_third_party(("coremltools", "torch"), label)
 
 
 def convert(model: nn.Module, preprocessing: dict[str, Any], classes: Sequence[str] | None,
@@ -99,7 +86,7 @@ def convert(model: nn.Module, preprocessing: dict[str, Any], classes: Sequence[s
                               f"{channels} channels")
     wrapped = ImageInput(model, preprocessing["std"]).eval()
     example = torch.zeros(1, channels, size, size)
-    labels = list(classes) if classes else [str(i) for i in range(_num_classes(model, example))]
+    labels = list(classes) if classes else [str(i) for i in range(num_outputs(model, preprocessing))]
     image = ct.ImageType(name=INPUT, shape=example.shape, scale=1 / 255,
                          bias=[-m for m in preprocessing["mean"]],
                          color_layout=ct.colorlayout.RGB if channels == 3 else ct.colorlayout.GRAYSCALE)
@@ -117,9 +104,11 @@ def convert(model: nn.Module, preprocessing: dict[str, Any], classes: Sequence[s
     return output
 
 
-def _num_classes(model: nn.Module, example: torch.Tensor) -> int:
+def num_outputs(model: nn.Module, preprocessing: dict[str, Any]) -> int:
+    """How many classes ``model`` scores, from one forward pass on a blank image."""
+    c, size = preprocessing["channels"], preprocessing["input_size"]
     with torch.no_grad():
-        return int(model(example).shape[1])
+        return int(model(torch.zeros(1, c, size, size)).shape[1])
 
 
 def describe(path: Path) -> dict[str, Any]:

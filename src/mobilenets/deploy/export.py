@@ -297,10 +297,7 @@ def _export_coreml(ready: nn.Module, output: Path, meta: dict[str, Any],
     staged = output.with_name(f".{output.stem}.staging{output.suffix}")
     try:
         coreml.convert(ready, preprocessing, classes, meta, staged)
-        c, s = preprocessing["channels"], preprocessing["input_size"]
-        with torch.no_grad():
-            num_classes = int(ready(torch.zeros(1, c, s, s)).shape[1])
-        coreml.check(staged, preprocessing, classes, num_classes)
+        coreml.check(staged, preprocessing, classes, coreml.num_outputs(ready, preprocessing))
         old = output.with_name(f".{output.stem}.old{output.suffix}")
         shutil.rmtree(old, ignore_errors=True)  # left by a process killed mid-swap
         if output.exists():

@@ -28,10 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import io
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -42,7 +40,7 @@ import torch
 from torch import nn
 
 from ...errors import MobilenetsError
-from ...logs import captured_descriptors, captured_logs
+from ...logs import quiet_third_party
 
 INT8_NOTE = ("litert-torch PT2E quantization: symmetric int8 activations, per-channel int8 "
              "weights, MinMax ranges from the calibration images; int8 input and output "
@@ -62,18 +60,10 @@ def companions(path: Path) -> list[Path]:
 
 @contextlib.contextmanager
 def _quiet(label: str) -> Iterator[None]:
-    """Third-party noise kept out of the terminal: C++ logs, Python loggers, warnings and
-    the progress display, all passed to the ``mobilenets`` logger (``--verbose``)."""
-    buffer = io.StringIO()
-    try:
-        with mock.patch.dict(os.environ, _ENVIRONMENT), captured_descriptors(label), \
-                captured_logs(_LOGGERS, label), contextlib.redirect_stdout(buffer), \
-                contextlib.redirect_stderr(buffer), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        if buffer.getvalue():
-            _log.debug("%s:\n%s", label, buffer.getvalue())
+    """Third-party noise (C++ logs, Python loggers, warnings, the progress display) passed to
+    the ``mobilenets`` logger (``--verbose``), with absl and TensorFlow told to log less."""
+    with mock.patch.dict(os.environ, _ENVIRONMENT), quiet_third_party(_LOGGERS, label):
+        yield
 
 
 # ----------------------------------------------------------------------------- convert
